@@ -1,0 +1,127 @@
+"""What a client uploads, and how a rank's uploads travel to the server as one flat buffer.
+
+A ``ClientUpdate`` is the dense delta of the elements no head owns plus, for the heads the
+client kept, their elements only; with the head mask and the kept heads' scores. A rank
+packs all its clients' updates into one float32 buffer (values and scores) and one small
+metadata record per client (ids, counts, a bit-packed head mask), so the bytes that cross
+MPI shrink with sparsity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    client: int
+    rank: int
+    num_samples: int
+    train_loss: float
+    seconds: float
+    ops: float
+    paper_bytes: int  # fp32 bytes of adapter parameters sent (the paper's Comm. column)
+    values: np.ndarray  # float32: the delta at the elements selected by head_mask
+    head_mask: np.ndarray | None  # bool (num_heads_total,), None: every element sent
+    scores: np.ndarray | None  # float32 (num_heads_total,): importance, 0 for pruned heads
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes this update occupies on the wire: values, scores and the packed mask."""
+        size = self.values.nbytes
+        if self.head_mask is not None:
+            size += int(self.head_mask.sum()) * 4 + (self.head_mask.size + 7) // 8
+        return size
+
+
+def selected_elements(head_index: np.ndarray, head_mask: np.ndarray | None) -> np.ndarray:
+    """Elements an update carries: every element no head owns, and the kept heads' ones."""
+    if head_mask is None:
+        return np.ones(head_index.shape[0], dtype=bool)
+    # np.maximum keeps the index valid for head-less elements, which are True anyway.
+    return (head_index < 0) | head_mask[np.maximum(head_index, 0)]
+
+
+def make_update(
+    delta: np.ndarray,
+    head_index: np.ndarray,
+    head_mask: np.ndarray | None,
+    scores: np.ndarray | None,
+    **record: float | int,
+) -> ClientUpdate:
+    values = np.ascontiguousarray(delta[selected_elements(head_index, head_mask)], dtype=np.float32)
+    if scores is not None and head_mask is not None:
+        scores = np.where(head_mask, scores, 0).astype(np.float32)  # Eq. 7: pruned heads score 0
+    return ClientUpdate(values=values, head_mask=head_mask, scores=scores, **record)  # type: ignore[arg-type]
+
+
+def densify(update: ClientUpdate, head_index: np.ndarray) -> np.ndarray:
+    """The update as a full-length delta, zeros where the client sent nothing."""
+    dense = np.zeros(head_index.shape[0], dtype=np.float32)
+    dense[selected_elements(head_index, update.head_mask)] = update.values
+    return dense
+
+
+def pack(updates: list[ClientUpdate]) -> tuple[np.ndarray, list[dict]]:
+    """One rank's updates -> (float32 buffer, per-update metadata)."""
+    chunks: list[np.ndarray] = []
+    meta = []
+    for u in updates:
+        kept_scores = None if u.head_mask is None or u.scores is None else u.scores[u.head_mask]
+        chunks.append(u.values)
+        if kept_scores is not None:
+            chunks.append(kept_scores)
+        meta.append(
+            {
+                "client": u.client,
+                "rank": u.rank,
+                "num_samples": u.num_samples,
+                "train_loss": u.train_loss,
+                "seconds": u.seconds,
+                "ops": u.ops,
+                "paper_bytes": u.paper_bytes,
+                "num_values": u.values.size,
+                "has_scores": kept_scores is not None,
+                "num_heads": None if u.head_mask is None else u.head_mask.size,
+                "mask_bits": None if u.head_mask is None else np.packbits(u.head_mask).tobytes(),
+            }
+        )
+    buffer = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return buffer.astype(np.float32, copy=False), meta
+
+
+def unpack(buffer: np.ndarray, meta: list[dict]) -> list[ClientUpdate]:
+    """Inverse of ``pack``."""
+    updates = []
+    pos = 0
+    for m in meta:
+        values = buffer[pos : pos + m["num_values"]]
+        pos += m["num_values"]
+        mask = scores = None
+        if m["mask_bits"] is not None:
+            bits = np.frombuffer(m["mask_bits"], dtype=np.uint8)
+            mask = np.unpackbits(bits, count=m["num_heads"]).astype(bool)
+            if m["has_scores"]:
+                kept = int(mask.sum())
+                scores = np.zeros(m["num_heads"], dtype=np.float32)
+                scores[mask] = buffer[pos : pos + kept]
+                pos += kept
+        updates.append(
+            ClientUpdate(
+                client=m["client"],
+                rank=m["rank"],
+                num_samples=m["num_samples"],
+                train_loss=m["train_loss"],
+                seconds=m["seconds"],
+                ops=m["ops"],
+                paper_bytes=m["paper_bytes"],
+                values=values,
+                head_mask=mask,
+                scores=scores,
+            )
+        )
+    if pos != buffer.size:
+        raise ValueError(f"payload buffer has {buffer.size} values, metadata describes {pos}")
+    return updates
