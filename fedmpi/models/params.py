@@ -1,0 +1,113 @@
+"""The flat trainable vector: the one get/set pair that moves adapter weights.
+
+Only trainable state crosses the wire (style.md habit 6). ``TrainableLayout`` fixes the
+order once, from the model: every parameter with ``requires_grad`` in
+``model.named_parameters()`` order, each flattened row-major and concatenated. A LoRA B
+of shape (d_out, r) therefore lies row after row, so the rows a head owns are one
+contiguous run of the vector (see ``heads.py``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+_LORA_MARKERS = ("lora_A", "lora_B")
+
+
+def is_lora_param(name: str) -> bool:
+    """True for a LoRA A or B weight (or bias) under peft's naming."""
+    return any(f".{marker}." in name for marker in _LORA_MARKERS)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainableLayout:
+    """Names, shapes and offsets of the trainable parameters inside the flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: np.ndarray  # int64, len(names) + 1; parameter i is flat[offsets[i]:offsets[i+1]]
+    # Not counted as uploaded adapter in the paper's accounting: the classification head.
+    is_task_head: np.ndarray
+    # model -> its parameter objects in layout order, so get/set never search named_parameters.
+    _cache: weakref.WeakKeyDictionary = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
+    )
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> TrainableLayout:
+        """The layout of ``model``'s trainable parameters (anything not LoRA is a task head)."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters; wrap it with LoRA first")
+        names = tuple(n for n, _ in named)
+        shapes = tuple(tuple(p.shape) for _, p in named)
+        sizes = np.array([p.numel() for _, p in named], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        is_task_head = np.array([not is_lora_param(n) for n in names], dtype=bool)
+        layout = cls(names=names, shapes=shapes, offsets=offsets, is_task_head=is_task_head)
+        layout._cache[model] = [p for _, p in named]
+        return layout
+
+    @property
+    def numel(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def num_params(self) -> int:
+        return len(self.names)
+
+    def slice_of(self, name: str) -> slice:
+        """The flat range of parameter ``name``."""
+        i = self.names.index(name)
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def _params(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        params = self._cache.get(model)
+        if params is None:
+            # A structurally identical model (e.g. the server's copy): resolve once, then cache.
+            lookup = dict(model.named_parameters())
+            missing = [n for n in self.names if n not in lookup]
+            if missing:
+                raise ValueError(f"model does not match the layout: no parameter {missing[0]!r}")
+            params = [lookup[n] for n in self.names]
+            for name, shape, p in zip(self.names, self.shapes, params):
+                if tuple(p.shape) != shape:
+                    raise ValueError(
+                        f"model does not match the layout: {name} has shape {tuple(p.shape)}, not {shape}"
+                    )
+            self._cache[model] = params
+        return params
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        off = self.offsets.tolist()
+        return list(zip(off[:-1], off[1:]))
+
+    def get_flat(self, model: torch.nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A detached float32 CPU copy of the trainable parameters, concatenated (into ``out`` if given)."""
+        params = self._params(model)
+        if out is None:
+            out = torch.empty(self.numel, dtype=torch.float32)
+        elif out.shape != (self.numel,) or out.dtype != torch.float32:
+            raise ValueError(f"out must be float32 of shape ({self.numel},), got {out.dtype} {tuple(out.shape)}")
+        with torch.no_grad():
+            for p, (a, b) in zip(params, self._bounds()):
+                out[a:b].copy_(p.reshape(-1))
+        return out
+
+    def set_flat(self, model: torch.nn.Module, flat: torch.Tensor | np.ndarray) -> None:
+        """Copy ``flat`` into the model's trainable parameters in place (no autograd)."""
+        flat = torch.as_tensor(flat)
+        if flat.shape != (self.numel,):
+            raise ValueError(f"flat vector has shape {tuple(flat.shape)}, the layout needs ({self.numel},)")
+        params = self._params(model)
+        with torch.no_grad():
+            for p, (a, b) in zip(params, self._bounds()):
+                p.copy_(flat[a:b].reshape(p.shape))
+
+    def element_task_head_mask(self) -> np.ndarray:
+        """Bool per flat element: True where the element belongs to the task head."""
+        return np.repeat(self.is_task_head, np.diff(self.offsets))
