@@ -1,0 +1,112 @@
+"""Rank-0 reporting of a run: one console line per round and the matching HDF5 rows.
+
+Messages go to stdout with a flush, so they appear promptly under mpirun and
+in Slurm logs; other ranks construct a disabled instance and print nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedmpi.evaluation import EvalResult
+from fedmpi.payload import ClientUpdate
+from fedmpi.results import ResultWriter
+
+MIB = 2**20
+
+
+class Progress:
+    def __init__(self, enabled: bool = True, stream=None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.started = time.perf_counter()
+        self.history: list[tuple[int, float]] = []  # (round, eval metric)
+        self.total_paper_bytes = 0
+        self.total_mpi_bytes = 0
+        self.metric_name = "accuracy"
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            print(f"[fedmpi] {message}", file=self.stream, flush=True)
+
+    def round(
+        self,
+        writer: ResultWriter | None,
+        round_: int,
+        num_rounds: int,
+        updates: list[ClientUpdate],
+        evaluated: EvalResult | None,
+        *,
+        seconds: float,
+        mpi_bytes: int,
+        sparsity: float,
+    ) -> None:
+        """Record one round (updates in client id order) and print its line."""
+        samples = np.array([u.num_samples for u in updates], dtype=np.float64)
+        losses = np.array([u.train_loss for u in updates])
+        train_loss = float((samples * losses).sum() / samples.sum()) if updates else math.nan
+        paper_bytes = sum(u.paper_bytes for u in updates)
+        eval_loss = evaluated.loss if evaluated else math.nan
+        metric = evaluated.metric if evaluated else math.nan
+        if writer is not None:
+            self.metric_name = writer.metric
+            if updates:
+                self._write_clients(writer, round_, updates)
+            writer.append_round(
+                {
+                    "round": round_, "num_selected": len(updates), "train_loss": train_loss, "eval_loss": eval_loss,
+                    "eval_metric": metric, "global_loss": eval_loss, "upload_bytes_paper": paper_bytes,
+                    "mpi_bytes": mpi_bytes, "seconds": seconds, "sparsity": sparsity,
+                    "ops": float(sum(u.ops for u in updates)),
+                }
+            )  # fmt: skip
+        self.total_paper_bytes += paper_bytes
+        self.total_mpi_bytes += mpi_bytes
+        if evaluated:
+            self.history.append((round_, metric))
+        parts = [f"round {round_:>{len(str(num_rounds))}}/{num_rounds}"]
+        if updates:
+            parts += [f"clients {len(updates)}", f"train loss {train_loss:.4f}"]
+        else:
+            parts.append("initial model")
+        if evaluated:
+            parts += [f"eval loss {eval_loss:.4f}", f"{self.metric_name} {metric:.4f}"]
+        if updates:
+            parts.append(f"upload {paper_bytes / len(updates) / MIB:.3f} MiB/client")
+        parts.append(f"{seconds:.1f} s")
+        self.say(" | ".join(parts))
+
+    @staticmethod
+    def _write_clients(writer: ResultWriter, round_: int, updates: list[ClientUpdate]) -> None:
+        rows = {
+            "round": np.full(len(updates), round_, dtype=np.int32),
+            "client": [u.client for u in updates],
+            "rank": [u.rank for u in updates],
+            "num_samples": [u.num_samples for u in updates],
+            "train_loss": [u.train_loss for u in updates],
+            "upload_bytes_paper": [u.paper_bytes for u in updates],
+            "upload_bytes_mpi": [u.wire_bytes for u in updates],
+            "seconds": [u.seconds for u in updates],
+            "ops": [u.ops for u in updates],
+        }
+        if writer.num_heads_total:
+            heads = writer.num_heads_total
+            rows["importance"] = np.stack([u.scores if u.scores is not None else np.zeros(heads, np.float32) for u in updates])
+            rows["head_mask"] = np.stack([u.head_mask if u.head_mask is not None else np.ones(heads, bool) for u in updates])
+        writer.append_clients(rows)
+
+    def summary(self, path: Path) -> None:
+        if self.history:
+            final = self.history[-1][1]
+            best_round, best = max(self.history, key=lambda rm: rm[1])
+            self.say(f"done: final {self.metric_name} {final:.4f}, best {best:.4f} (round {best_round})")
+        self.say(
+            f"uploaded {self.total_paper_bytes / MIB:.2f} MiB (paper convention), {self.total_mpi_bytes / MIB:.2f} MiB "
+            f"crossed MPI, {time.perf_counter() - self.started:.1f} s in all"
+        )
+        self.say(f"results: {path}")

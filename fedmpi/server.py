@@ -1,0 +1,46 @@
+"""The rank-0 role: choose each round's clients, combine their updates, keep the per-client table.
+
+The server owns the global trainable vector and, per logical client, its loss from its
+last participation and how often it was seen (what loss-based selection needs). It is
+built on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedmpi import seeding
+from fedmpi.config import ServerConfig
+from fedmpi.payload import ClientUpdate
+from fedmpi.selection import select_by_loss, select_random
+from fedmpi.strategies import Strategy
+
+
+class Server:
+    def __init__(
+        self, cfg: ServerConfig, strategy: Strategy, head_index: np.ndarray, num_clients: int, params: np.ndarray, seed: int
+    ) -> None:
+        self.cfg = cfg
+        self.strategy = strategy
+        self.head_index = head_index
+        self.seed = seed
+        self.params = params.copy()
+        # "We initiate all clients with high loss values": unseen clients rank first in Eq. 9.
+        self.last_loss = np.full(num_clients, np.inf)
+        self.times_seen = np.zeros(num_clients, dtype=np.int32)
+        self.global_loss = float("nan")  # L_g of the latest evaluated global model
+
+    def select(self, round_: int) -> np.ndarray:
+        rng = seeding.rng(self.seed, seeding.SELECT, round_)
+        k = self.cfg.num_clients_per_round
+        if self.cfg.selection == "loss":
+            return select_by_loss(self.last_loss, self.global_loss, k, rng)
+        return select_random(self.last_loss.shape[0], k, rng)
+
+    def apply(self, updates: list[ClientUpdate]) -> None:
+        """Combine one round's updates (in client id order) into the global vector."""
+        updates = sorted(updates, key=lambda u: u.client)
+        self.params = self.strategy.aggregate(self.params, updates, self.head_index, self.cfg.lr)
+        for u in updates:
+            self.last_loss[u.client] = u.train_loss
+            self.times_seen[u.client] += 1

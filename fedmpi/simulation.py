@@ -1,0 +1,181 @@
+"""The federated round loop, identical in one process and under mpirun.
+
+Per round: rank 0 selects clients and broadcasts them; every training rank trains its
+share; the ranks' packed sparse updates are gathered to rank 0, which combines them in
+client id order and broadcasts the new global vector; the ranks evaluate it together.
+Each phase of local work runs through ``collective``, so a failure on any rank ends the
+job on all ranks with one message. Round 0 evaluates the initial model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedmpi import accounting, runtime, seeding
+from fedmpi.client import LocalTrainer
+from fedmpi.comm import Communicator, RankFailure, collective
+from fedmpi.config import Config
+from fedmpi.data import load_task, partition_dirichlet, partition_iid, tokenize_split
+from fedmpi.evaluation import EvalResult, batch_bounds, combine
+from fedmpi.models import HeadConfidence, LoraSettings, build_model, use_confidence_attention
+from fedmpi.payload import ClientUpdate, pack, unpack
+from fedmpi.progress import Progress
+from fedmpi.results import ResultWriter
+from fedmpi.server import Server
+from fedmpi.strategies import build_strategy
+from fedmpi.worker import Worker, assign_clients
+
+
+@dataclass
+class _Parts:
+    worker: Worker
+    params: np.ndarray  # the global trainable vector, replicated on every rank
+    num_eval: int
+    worker_ranks: list[int]
+    server: Server | None = None  # rank 0 only
+    writer: ResultWriter | None = None  # rank 0 only
+
+
+def run_name(cfg: Config) -> str:
+    if cfg.output.name:
+        return cfg.output.name
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.strategy.name}-{cfg.server.selection}-s{cfg.seed}-{stamp}"
+
+
+def result_path(cfg: Config, name: str) -> Path:
+    path = Path(cfg.output.dir) / f"{name}.h5"
+    if path.exists() and not cfg.output.overwrite:
+        raise ValueError(f"output: {path} already exists; set output.name=... or output.overwrite=true")
+    return path
+
+
+def _worker_ranks(cfg: Config, comm: Communicator) -> list[int]:
+    if cfg.server.trains_clients:
+        return list(range(comm.size))
+    if comm.size < 2:
+        raise ValueError("server.trains_clients=false needs at least 2 ranks (rank 0 would only serve)")
+    return list(range(1, comm.size))
+
+
+def _build(cfg: Config, comm: Communicator, name: str, progress: Progress) -> _Parts:
+    device = runtime.configure(cfg.runtime, comm)
+    d = cfg.data
+    worker_ranks = _worker_ranks(cfg, comm)
+    task = load_task(
+        d.source, path=d.path, train_file=d.train_file, eval_file=d.eval_file, input_field=d.input_field,
+        label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
+        max_eval_samples=d.max_eval_samples, strip_headers=d.strip_headers, num_train=d.num_train, num_eval=d.num_eval,
+    )  # fmt: skip
+    progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
+    lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
+    num_labels = len(task.label_names) if task.label_names else None
+    bundle = build_model(
+        cfg.model.name, kind=task.kind, num_labels=num_labels, lora=lora,
+        seed=seeding.torch_seed(cfg.seed, seeding.INIT), attn_implementation=cfg.model.attn_implementation,
+    )  # fmt: skip
+    strategy = build_strategy(cfg.strategy, bundle.head_map.num_heads_total)
+    confidence = None
+    if strategy.needs_importance:
+        use_confidence_attention(bundle.model)
+        confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
+    bundle.model.to(device)
+    train = tokenize_split(task.train, bundle.tokenizer, kind=task.kind, max_length=d.max_length, max_target_length=d.max_target_length)
+    evaluation = tokenize_split(task.eval, bundle.tokenizer, kind=task.kind, max_length=d.max_length, max_target_length=d.max_target_length)
+    part_rng = seeding.rng(cfg.seed, seeding.PARTITION)
+    if d.partition == "dirichlet":
+        if train.labels is None:
+            raise ValueError("data.partition=dirichlet needs class labels; use data.partition=iid for generation tasks")
+        partition = partition_dirichlet(train.labels, d.num_clients, d.dirichlet_alpha, part_rng)
+    else:
+        partition = partition_iid(len(train), d.num_clients, part_rng)
+    trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence)
+    try:
+        dims = accounting.attention_dims(bundle.model.get_base_model().config)
+        ops_per_sample = accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=strategy.sparsity)
+    except ValueError:  # an architecture the paper's OPs rules do not cover
+        ops_per_sample = float("nan")
+    worker = Worker(
+        trainer, strategy, partition, evaluation, rank=comm.rank, seed=cfg.seed,
+        ops_per_sample=ops_per_sample, num_epochs=cfg.client.num_epochs,
+    )  # fmt: skip
+    params = bundle.layout.get_flat(bundle.model).cpu().numpy()
+    parts = _Parts(worker=worker, params=params, num_eval=len(evaluation), worker_ranks=worker_ranks)
+    if comm.rank == 0:
+        head_map = bundle.head_map
+        parts.server = Server(cfg.server, strategy, head_map.head_index, d.num_clients, params, cfg.seed)
+        parts.writer = ResultWriter(
+            result_path(cfg, name), run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=task.kind,
+            num_clients=d.num_clients, head_modules=[(m.name, m.kind, m.num_heads) for m in head_map.modules],
+        )  # fmt: skip
+        progress.say(
+            f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
+            f"{head_map.num_heads_total} heads in {len(head_map.modules)} attention modules; device {device}, "
+            f"{runtime.threads_per_rank(cfg.runtime, comm.local_size)} thread(s) per rank, {comm.size} rank(s)"
+        )
+        progress.say(
+            f"federation: {d.num_clients} clients ({d.partition}), {cfg.server.num_clients_per_round} per round, "
+            f"{cfg.server.num_rounds} rounds; strategy {strategy.name}, selection {cfg.server.selection}"
+        )
+    return parts
+
+
+def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult | None:
+    bounds = batch_bounds(parts.num_eval, batch_size)
+    mine = bounds[comm.rank :: comm.size]
+    results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, parts.params))
+    gathered = comm.gather(results)
+    return combine(gathered, len(bounds)) if gathered is not None else None
+
+
+def _train_round(comm: Communicator, parts: _Parts, round_: int) -> list[ClientUpdate] | None:
+    selected = comm.bcast(parts.server.select(round_) if parts.server else None)
+    mine = assign_clients(selected, parts.worker_ranks).get(comm.rank, [])
+    updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_))
+    buffer, meta = pack(updates)
+    buffers = comm.gather_arrays(buffer)
+    metas = comm.gather(meta)
+    gathered = None
+    if parts.server is not None:
+        gathered = [u for b, m in zip(buffers, metas) for u in unpack(b, m)]
+    collective(comm, "aggregation", lambda: parts.server.apply(gathered) if parts.server else None)
+    if parts.server is not None:
+        parts.params[:] = parts.server.params
+    comm.bcast_array(parts.params)
+    return gathered
+
+
+def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Path | None:
+    """Run one simulation; returns the result file's path on rank 0, None elsewhere."""
+    progress = progress or Progress(enabled=comm.rank == 0)
+    name = comm.bcast(run_name(cfg) if comm.rank == 0 else None)
+    parts = collective(comm, "setup", lambda: _build(cfg, comm, name, progress), debug=True)
+    writer, server = parts.writer, parts.server
+    try:
+        for round_ in range(cfg.server.num_rounds + 1):
+            start, moved = time.perf_counter(), comm.bytes_moved
+            updates = _train_round(comm, parts, round_) if round_ > 0 else []
+            last = round_ == cfg.server.num_rounds
+            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size) if round_ % cfg.server.eval_every == 0 or last else None
+            if server is not None:
+                if evaluated is not None:
+                    server.global_loss = evaluated.loss
+                progress.round(
+                    writer, round_, cfg.server.num_rounds, sorted(updates, key=lambda u: u.client), evaluated,
+                    seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved,
+                    sparsity=parts.worker.strategy.sparsity,
+                )  # fmt: skip
+        if writer is not None:
+            writer.finish(parts.params)
+            progress.summary(writer.path)
+            return writer.path
+        return None
+    except BaseException as exc:
+        if writer is not None:
+            writer.fail(str(exc) if isinstance(exc, RankFailure) else repr(exc))
+        raise

@@ -1,0 +1,86 @@
+"""The whole path, config to HDF5, in one process and under mpiexec: results agree bit for bit."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from conftest import TINY_RUN, run_launch
+
+from fedmpi import results_schema as S
+from fedmpi.analyze import load_run, summarize
+
+SETTINGS = {
+    "fedavg-random": ["strategy.name=fedavg", "server.selection=random"],
+    "pruning-loss": ["strategy.name=head_pruning", "strategy.sparsity=0.5", "server.selection=loss"],
+    "pruning-pre-train": [
+        "strategy.name=head_pruning", "strategy.sparsity=0.75", "strategy.mask_timing=pre_train", "server.selection=loss",
+    ],
+    "random-pruning": [
+        "strategy.name=head_pruning", "strategy.pruning=random", "strategy.weighting=samples", "strategy.sparsity=0.5",
+    ],
+}  # fmt: skip
+
+
+def _run(tmp_path, name, settings, ranks):
+    args = [*TINY_RUN, *settings, f"output.dir={tmp_path}", f"output.name={name}"]
+    proc = run_launch(args, ranks=ranks)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp_path / f"{name}.h5", proc.stdout
+
+
+def _same(a, b):
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        for col in ("round", "train_loss", "eval_loss", "eval_metric", "upload_bytes_paper", "ops"):
+            np.testing.assert_array_equal(fa["rounds"][col][:], fb["rounds"][col][:], err_msg=col)
+        for col in ("client", "train_loss", "num_samples", "upload_bytes_paper", "upload_bytes_mpi"):
+            np.testing.assert_array_equal(fa["clients"][col][:], fb["clients"][col][:], err_msg=col)
+        if "importance" in fa["clients"]:
+            np.testing.assert_array_equal(fa["clients/importance"][:], fb["clients/importance"][:])
+            np.testing.assert_array_equal(fa["clients/head_mask"][:], fb["clients/head_mask"][:])
+        np.testing.assert_array_equal(fa[S.FINAL_TRAINABLE][:], fb[S.FINAL_TRAINABLE][:])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("setting", ["fedavg-random", "pruning-loss"])
+def test_one_two_three_ranks_agree_bit_for_bit(tmp_path, setting):
+    one, out = _run(tmp_path, "one", SETTINGS[setting], ranks=None)
+    assert "round 2/2" in out and "results:" in out
+    for ranks in (2, 3):
+        many, _ = _run(tmp_path, f"n{ranks}", SETTINGS[setting], ranks=ranks)
+        _same(one, many)
+        with h5py.File(many) as f:
+            assert f.attrs[S.ATTR_NUM_RANKS] == ranks
+            assert f["rounds/mpi_bytes"][1] > 0
+
+
+@pytest.mark.parametrize("setting", ["pruning-pre-train", "random-pruning"])
+def test_pruning_variants_run_and_record_heads(tmp_path, setting):
+    path, _ = _run(tmp_path, setting, SETTINGS[setting], ranks=None)
+    run = load_run(path)
+    assert run.complete
+    masks = run.clients["head_mask"]
+    assert masks.shape[1] == run.attrs["num_heads_total"] > 0
+    kept = masks.sum(axis=1)
+    assert np.all(kept == kept[0]) and kept[0] < masks.shape[1]
+    dense = run.clients["upload_bytes_paper"]
+    assert np.all(dense > 0)
+
+
+def test_result_file_layout_and_analyze(tmp_path):
+    path, out = _run(tmp_path, "layout", SETTINGS["pruning-loss"], ranks=None)
+    run = load_run(path)
+    assert run.attrs["status"] == "complete"
+    assert run.config["strategy"]["name"] == "head_pruning"
+    np.testing.assert_array_equal(run.rounds["round"], [0, 1, 2])
+    assert np.isnan(run.rounds["train_loss"][0]) and np.all(np.isfinite(run.rounds["eval_metric"]))
+    assert len(run.clients["client"]) == 2 * 5
+    summary = summarize(run, target=0.0)
+    assert summary["rounds_to_target"] == 0 and summary["status"] == "complete"
+
+
+@pytest.mark.mpi
+def test_pure_server_rank_matches_training_rank_zero(tmp_path):
+    one, _ = _run(tmp_path, "one", SETTINGS["fedavg-random"], ranks=None)
+    served, _ = _run(tmp_path, "served", [*SETTINGS["fedavg-random"], "server.trains_clients=false"], ranks=3)
+    _same(one, served)

@@ -1,0 +1,66 @@
+"""Failures end the whole job quickly with one clear message; nothing written is lost."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import REPO, TINY_RUN, run_launch
+
+from fedmpi.analyze import load_run
+
+pytestmark = pytest.mark.mpi
+
+# Loaded through PYTHONPATH by every rank: makes rank 1 fail while training in round 2.
+FAULT = """
+import os
+if os.environ.get("PMI_RANK") == "1":
+    import fedmpi.worker as w
+    original = w.Worker.train_client
+    def failing(self, client, params, round_):
+        if round_ == 2:
+            raise RuntimeError("injected failure on purpose")
+        return original(self, client, params, round_)
+    w.Worker.train_client = failing
+"""
+
+
+def test_config_error_under_mpi_is_reported_once(tmp_path):
+    start = time.monotonic()
+    proc = run_launch(["server.num_rounds=0"], ranks=2, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("server.num_rounds") == 1, proc.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_missing_data_file_fails_on_every_rank_with_one_message(tmp_path):
+    args = [*TINY_RUN, "data.source=jsonl", f"data.train_file={tmp_path}/nope.jsonl", f"data.eval_file={tmp_path}/nope.jsonl"]
+    proc = run_launch([*args, f"output.dir={tmp_path}"], ranks=2, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("setup failed on ranks 0,1") == 1, proc.stderr
+    assert "nope.jsonl" in proc.stderr
+
+
+def test_one_failing_rank_ends_the_job_and_keeps_the_results(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text(FAULT)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    args = [*TINY_RUN, "server.num_rounds=3", f"output.dir={tmp_path}", "output.name=failing"]
+    start = time.monotonic()
+    proc = run_launch(args, ranks=2, timeout=180)
+    assert proc.returncode != 0
+    assert proc.stderr.count("RuntimeError: injected failure on purpose") == 1, proc.stderr
+    assert "training failed on rank 1" in proc.stderr
+    assert time.monotonic() - start < 120
+    run = load_run(tmp_path / "failing.h5")
+    assert run.attrs["status"] == "failed" and not run.complete
+    assert list(run.rounds["round"]) == [0, 1]  # rounds already written survive
+
+
+def test_existing_result_file_is_not_overwritten(tmp_path):
+    (tmp_path / "taken.h5").write_bytes(b"precious")
+    proc = run_launch([*TINY_RUN, f"output.dir={tmp_path}", "output.name=taken"])
+    assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert (tmp_path / "taken.h5").read_bytes() == b"precious"
+
+
