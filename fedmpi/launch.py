@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     comm = create_comm(cfg.runtime.comm)
     try:
+        _quiet_libraries()
         from fedmpi.simulation import run
 
         run(cfg, comm)
@@ -52,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         if comm.size > 1:
             comm.abort(1)
         return 1
+
+
+def _quiet_libraries() -> None:
+    """Every rank loads the model: keep transformers' load reports and bars out of the run's log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _world_rank() -> int:
