@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY_RUN, run_launch
+from conftest import REPO, SHARED_DATA, TINY_RUN, run_launch
 
 from fedmpi import results_schema as S
 from fedmpi.analyze import load_run, summarize
@@ -84,3 +87,26 @@ def test_pure_server_rank_matches_training_rank_zero(tmp_path):
     one, _ = _run(tmp_path, "one", SETTINGS["fedavg-random"], ranks=None)
     served, _ = _run(tmp_path, "served", [*SETTINGS["fedavg-random"], "server.trains_clients=false"], ranks=3)
     _same(one, served)
+
+
+def test_generation_on_real_e2e_data(tmp_path):
+    if not (SHARED_DATA / "e2e_nlg").exists():
+        pytest.skip("../shared/data/e2e_nlg is not beside the repository")
+    args = [
+        *TINY_RUN, "model.name=tiny-t5", "data.source=e2e_nlg", f"data.path={SHARED_DATA / 'e2e_nlg'}",
+        "data.max_train_samples=120", "data.max_eval_samples=16", "data.max_target_length=16",
+        "strategy.name=head_pruning", "server.num_rounds=1",
+    ]  # fmt: skip
+    path, out = _run(tmp_path, "gen", args, ranks=None)
+    run = load_run(path)
+    assert run.attrs["metric"] == "rougeL" and run.attrs["task_kind"] == "generation"
+    assert np.all(np.isfinite(run.rounds["eval_loss"])) and np.all(run.rounds["eval_metric"] >= 0)
+    assert {"encoder_self", "decoder_self", "cross"} <= set(run.heads["module_kinds"].tolist())
+
+
+def test_submit_local_runs_a_real_job(tmp_path):
+    cmd = [sys.executable, "-m", "fedmpi.submit", "--nodes", "1", "--tasks-per-node", "1", "--local",
+           "--log-dir", str(tmp_path / "logs"), *TINY_RUN, "server.num_rounds=1", f"output.dir={tmp_path}", "output.name=sub"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert load_run(tmp_path / "sub.h5").complete
