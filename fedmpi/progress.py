@@ -20,6 +20,12 @@ from fedmpi.results import ResultWriter
 MIB = 2**20
 
 
+def _client_list(clients: list[int], shown: int = 8) -> str:
+    """``3 [4,17,52]``; long lists are cut after ``shown`` ids."""
+    ids = ",".join(map(str, clients[:shown])) + (",..." if len(clients) > shown else "")
+    return f"{len(clients)} [{ids}]"
+
+
 class Progress:
     def __init__(self, enabled: bool = True, stream=None) -> None:
         self.enabled = enabled
@@ -71,7 +77,7 @@ class Progress:
             self.history.append((round_, metric))
         parts = [f"round {round_:>{len(str(num_rounds))}}/{num_rounds}"]
         if updates:
-            parts += [f"clients {len(updates)}", f"train loss {train_loss:.4f}"]
+            parts += [f"clients {_client_list([u.client for u in updates])}", f"train loss {train_loss:.4f}"]
         else:
             parts.append("initial model")
         if evaluated:
