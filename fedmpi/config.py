@@ -26,6 +26,7 @@ class OutputConfig(_Section):
     dir: str = "results"
     name: str | None = None  # None: derived from the strategy, selection and a timestamp
     overwrite: bool = False  # replace an existing result file of the same name
+    resume: bool = False  # continue run output.name from its last checkpoint (start it if there is none)
 
 
 class DataConfig(_Section):
@@ -110,6 +111,10 @@ class Config(_Section):
                 f"server.num_clients_per_round ({self.server.num_clients_per_round}) must not exceed "
                 f"data.num_clients ({self.data.num_clients})"
             )
+        if self.output.resume and not self.output.name:
+            raise ValueError("output.resume=true needs output.name: the run to continue")
+        if self.output.resume and self.output.overwrite:
+            raise ValueError("output.resume and output.overwrite exclude each other")
         s = self.strategy
         if s.name == "head_pruning" and s.pruning == "random" and s.weighting == "importance":
             raise ValueError(

@@ -3,14 +3,19 @@
 Layout and names come from ``fedmpi.results_schema`` (shared with ``fedmpi.analyze``).
 A killed job leaves a readable file whose status stays "running"; a failed one is
 marked "failed" with its message; a finished one gets "complete" and the final weights.
+After every round the server's state is checkpointed into the same file, so a killed or
+preempted run can be resumed (``ResultWriter.resume``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import h5py
 import numpy as np
@@ -49,6 +54,36 @@ def _append(group: h5py.Group, rows: dict[str, Any]) -> None:
         n = ds.shape[0]
         ds.resize(n + values.shape[0], axis=0)
         ds[n:] = values
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What a resumed run needs: the server's state after ``round``."""
+
+    round: int
+    trainable: np.ndarray
+    last_loss: np.ndarray
+    times_seen: np.ndarray
+    global_loss: float
+
+
+# Sections that may differ between a run and its resumption (where it writes, how it runs, how long).
+RESUMABLE_CHANGES = ("output", "runtime", "server.num_rounds")
+
+
+def config_differences(old_yaml: str, new_yaml: str) -> list[str]:
+    """Dotted keys whose values differ, ignoring RESUMABLE_CHANGES."""
+
+    def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            out.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
+        return out
+
+    old, new = flat(yaml.safe_load(old_yaml)), flat(yaml.safe_load(new_yaml))
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
 
 
 class ResultWriter:
@@ -96,6 +131,65 @@ class ResultWriter:
             heads.create_dataset("num_heads", data=np.array(counts, dtype=np.int32))
         self._file.flush()
 
+    @classmethod
+    def resume(cls, path: Path, *, config_yaml: str, num_ranks: int) -> tuple[ResultWriter, ServerState]:
+        """Reopen a run's file at its checkpoint: rows past it are dropped, a complete run is extended.
+
+        The config must match the run's, except for RESUMABLE_CHANGES.
+        """
+        writer = cls.__new__(cls)
+        writer.path = path
+        writer._file = f = h5py.File(path, "r+")
+        try:
+            changed = config_differences(f.attrs[S.ATTR_CONFIG_YAML], config_yaml)
+            if changed:
+                raise ValueError(f"output.resume: the config differs from the run being resumed in {', '.join(changed)}")
+            ckpt = f[S.GROUP_CHECKPOINT]
+            state = ServerState(
+                round=int(ckpt.attrs[S.ATTR_CHECKPOINT_ROUND]),
+                trainable=ckpt["trainable"][:],
+                last_loss=ckpt["last_loss"][:],
+                times_seen=ckpt["times_seen"][:],
+                global_loss=float(ckpt.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS]),
+            )
+            for group in (S.GROUP_ROUNDS, S.GROUP_CLIENTS):  # rows written after the checkpoint
+                keep = int((f[group]["round"][:] <= state.round).sum())
+                for ds in f[group].values():
+                    ds.resize(keep, axis=0)
+            if S.GROUP_FINAL in f:  # a complete run being extended by more rounds
+                del f[S.GROUP_FINAL]
+            f.attrs.pop(S.ATTR_ERROR, None)
+        except BaseException:
+            f.close()
+            raise
+        f.attrs[S.ATTR_CONFIG_YAML] = config_yaml
+        f.attrs[S.ATTR_NUM_RANKS] = num_ranks
+        f.attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
+        writer.metric = f.attrs[S.ATTR_METRIC]
+        writer.num_heads_total = int(f.attrs[S.ATTR_NUM_HEADS_TOTAL])
+        return writer, state
+
+    @staticmethod
+    def resumable(path: Path) -> bool:
+        """Whether ``path`` holds a run with a checkpoint to continue from."""
+        if not path.exists():
+            return False
+        with h5py.File(path, "r") as f:
+            return S.GROUP_CHECKPOINT in f
+
+    def checkpoint(self, state: ServerState) -> None:
+        """Record the server's state after ``state.round`` (rewritten in place every round)."""
+        group = self._file.require_group(S.GROUP_CHECKPOINT)
+        for name, dtype in S.CHECKPOINT_ARRAYS.items():
+            data = np.asarray(getattr(state, name), dtype=dtype)
+            if name in group:
+                group[name][...] = data
+            else:
+                group.create_dataset(name, data=data)
+        group.attrs[S.ATTR_CHECKPOINT_ROUND] = state.round
+        group.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS] = state.global_loss
+        self._file.flush()
+
     def append_clients(self, rows: dict[str, Any]) -> None:
         """Columns of several client-round rows (arrays of equal length)."""
         _append(self._file[S.GROUP_CLIENTS], rows)
@@ -113,7 +207,7 @@ class ResultWriter:
     def fail(self, message: str) -> None:
         if self._file.id.valid:
             self._file.attrs[S.ATTR_STATUS] = S.STATUS_FAILED
-            self._file.attrs["error"] = message
+            self._file.attrs[S.ATTR_ERROR] = message
             self.close()
 
     def close(self) -> None:

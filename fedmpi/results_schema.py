@@ -85,3 +85,14 @@ HEAD_COLUMNS: dict[str, str] = {
 # --- /final: only when the run completed.
 GROUP_FINAL = "final"
 FINAL_TRAINABLE = "final/trainable"  # float32 1-D: the final global trainable vector
+
+# --- /checkpoint: the server's state after the last completed round, rewritten every round;
+# what output.resume=true continues from. attrs: round (int), global_loss (float).
+GROUP_CHECKPOINT = "checkpoint"
+CHECKPOINT_ARRAYS: dict[str, str] = {
+    "trainable": "float32",  # the global trainable vector
+    "last_loss": "float64",  # per client: loss of its last participation (+inf: never seen)
+    "times_seen": "int32",  # per client: participations so far
+}
+ATTR_CHECKPOINT_ROUND = "round"
+ATTR_CHECKPOINT_GLOBAL_LOSS = "global_loss"

@@ -12,6 +12,7 @@ import numpy as np
 from fedmpi import seeding
 from fedmpi.config import ServerConfig
 from fedmpi.payload import ClientUpdate
+from fedmpi.results import ServerState
 from fedmpi.selection import select_by_loss, select_random
 from fedmpi.strategies import Strategy
 
@@ -29,6 +30,17 @@ class Server:
         self.last_loss = np.full(num_clients, np.inf)
         self.times_seen = np.zeros(num_clients, dtype=np.int32)
         self.global_loss = float("nan")  # L_g of the latest evaluated global model
+
+    def state(self, round_: int) -> ServerState:
+        return ServerState(round_, self.params, self.last_loss, self.times_seen, self.global_loss)
+
+    def restore(self, state: ServerState) -> None:
+        if state.trainable.shape != self.params.shape or state.last_loss.shape != self.last_loss.shape:
+            raise ValueError("output.resume: the checkpoint does not fit this model or this number of clients")
+        self.params = state.trainable.copy()
+        self.last_loss = state.last_loss.copy()
+        self.times_seen = state.times_seen.copy()
+        self.global_loss = state.global_loss
 
     def select(self, round_: int) -> np.ndarray:
         rng = seeding.rng(self.seed, seeding.SELECT, round_)

@@ -37,6 +37,7 @@ class _Parts:
     params: np.ndarray  # the global trainable vector, replicated on every rank
     num_eval: int
     worker_ranks: list[int]
+    first_round: int = 0  # > 0 when resuming
     server: Server | None = None  # rank 0 only
     writer: ResultWriter | None = None  # rank 0 only
 
@@ -50,7 +51,7 @@ def run_name(cfg: Config) -> str:
 
 def result_path(cfg: Config, name: str) -> Path:
     path = Path(cfg.output.dir) / f"{name}.h5"
-    if path.exists() and not cfg.output.overwrite:
+    if path.exists() and not (cfg.output.overwrite or cfg.output.resume):
         raise ValueError(f"output: {path} already exists; set output.name=... or output.overwrite=true")
     return path
 
@@ -109,10 +110,20 @@ def _build(cfg: Config, comm: Communicator, name: str, progress: Progress) -> _P
     if comm.rank == 0:
         head_map = bundle.head_map
         parts.server = Server(cfg.server, strategy, head_map.head_index, d.num_clients, params, cfg.seed)
-        parts.writer = ResultWriter(
-            result_path(cfg, name), run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=task.kind,
-            num_clients=d.num_clients, head_modules=[(m.name, m.kind, m.num_heads) for m in head_map.modules],
-        )  # fmt: skip
+        path = result_path(cfg, name)
+        if cfg.output.resume and ResultWriter.resumable(path):
+            parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size)
+            parts.server.restore(state)
+            parts.params[:] = state.trainable
+            parts.first_round = state.round + 1
+            progress.say(f"resuming {path} after round {state.round}")
+        else:
+            if cfg.output.resume:
+                progress.say(f"nothing to resume in {path}: starting the run")
+            parts.writer = ResultWriter(
+                path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=task.kind,
+                num_clients=d.num_clients, head_modules=[(m.name, m.kind, m.num_heads) for m in head_map.modules],
+            )  # fmt: skip
         progress.say(
             f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
             f"{head_map.num_heads_total} heads in {len(head_map.modules)} attention modules; device {device}, "
@@ -157,7 +168,10 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
     parts = collective(comm, "setup", lambda: _build(cfg, comm, name, progress), debug=True)
     writer, server = parts.writer, parts.server
     try:
-        for round_ in range(cfg.server.num_rounds + 1):
+        first_round = comm.bcast(parts.first_round)
+        if first_round > 0:  # resumed: every rank continues from rank 0's checkpointed vector
+            comm.bcast_array(parts.params)
+        for round_ in range(first_round, cfg.server.num_rounds + 1):
             start, moved = time.perf_counter(), comm.bytes_moved
             updates = _train_round(comm, parts, round_) if round_ > 0 else []
             last = round_ == cfg.server.num_rounds
@@ -170,6 +184,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
                     seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved,
                     sparsity=parts.worker.strategy.sparsity,
                 )  # fmt: skip
+                writer.checkpoint(server.state(round_))
         if writer is not None:
             writer.finish(parts.params)
             progress.summary(writer.path)

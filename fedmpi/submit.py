@@ -13,6 +13,7 @@ SLURM_LOCALID / the MPI local rank. ``slurm/fedmpi.sbatch`` is the same job with
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import math
@@ -25,10 +26,9 @@ from typing import Any, Callable
 import submitit
 from submitit.slurm.slurm import SlurmExecutor
 
-# A timed-out run would restart from round 0 and time out again (no resume yet), so only
-# preemption requeues: submitit requeues a preempted Checkpointable without counting it
-# against this limit, and gives up on the first timeout when it is 0.
-MAX_NUM_TIMEOUT = 0
+# A requeued job resumes from its last round (output.resume), so a run longer than the time
+# limit continues over several allocations; preemptions are requeued without counting here.
+MAX_NUM_TIMEOUT = 10
 DEFAULT_TIME_MIN = 60  # submitit's own default would be 5 minutes
 _TIME_RE = re.compile(r"(?:(\d+)-)?(\d+(?::\d+){0,2})")
 
@@ -37,9 +37,9 @@ _TIME_RE = re.compile(r"(?:(\d+)-)?(\d+(?::\d+){0,2})")
 class FedmpiJob(submitit.helpers.Checkpointable):
     """The callable each Slurm task runs: ``entry(argv)``, by default ``fedmpi.launch.main``.
 
-    Checkpointable, so submitit requeues it when Slurm preempts the job. The requeued run
-    restarts from round 0: fedmpi has no checkpoint/resume yet, so ``checkpoint`` (inherited)
-    only resubmits the same argv.
+    Checkpointable: when Slurm preempts the job or its time runs out, submitit calls
+    ``checkpoint`` and requeues the job with ``output.resume=true``, so it continues from the
+    last completed round of the same result file (``job_argv`` pins ``output.name``).
     """
 
     argv: list[str]
@@ -51,6 +51,10 @@ class FedmpiJob(submitit.helpers.Checkpointable):
         if code:  # make a failed run a failed submitit job rather than a returned number
             raise RuntimeError(f"{self.entry}{tuple(self.argv)} exited with code {code}")
         return 0
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        resume = [a for a in self.argv if not a.startswith("output.resume=")] + ["output.resume=true"]
+        return submitit.helpers.DelayedSubmission(FedmpiJob(resume, self.entry))
 
 
 def parse_time(text: str) -> int:
@@ -108,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """AutoExecutor parameters (generic names, ``slurm_`` prefix for Slurm-only ones)."""
     params: dict[str, Any] = {
-        "name": args.job_name or (args.config.stem if args.config else "fedmpi"),
+        "name": job_name(args),
         "nodes": args.nodes,
         "tasks_per_node": args.tasks_per_node,
         "timeout_min": args.time,
@@ -123,9 +127,21 @@ def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in params.items() if value is not None}
 
 
-def job_argv(args: argparse.Namespace) -> list[str]:
-    """The argv of ``fedmpi.launch.main``; the config path is absolute so the job's cwd does not matter."""
-    return (["--config", str(args.config.resolve())] if args.config else []) + list(args.overrides)
+def job_name(args: argparse.Namespace) -> str:
+    return args.job_name or (args.config.stem if args.config else "fedmpi")
+
+
+def job_argv(args: argparse.Namespace, stamp: str | None = None) -> list[str]:
+    """The argv of ``fedmpi.launch.main``.
+
+    The config path is made absolute so the job's cwd does not matter, and the run gets a
+    fixed ``output.name`` (unless one is given) so that a requeued job resumes the same file.
+    """
+    argv = (["--config", str(args.config.resolve())] if args.config else []) + list(args.overrides)
+    if not any(a.startswith("output.name=") for a in argv):
+        stamp = stamp or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        argv.append(f"output.name={job_name(args)}-{stamp}")
+    return argv
 
 
 def build_executor(folder: str | Path, params: dict[str, Any], cluster: str = "slurm") -> submitit.AutoExecutor:

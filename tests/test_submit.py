@@ -35,7 +35,9 @@ def test_slurm_parameters_for_a_typical_command(config: Path) -> None:
         "name": "fedavg_sst2", "nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4, "timeout_min": 90,
         "slurm_partition": "gpu", "slurm_account": "proj1", "slurm_srun_args": ["--kill-on-bad-exit=1"],
     }  # cpus_per_task left to Slurm when not given
-    assert submit.job_argv(args) == ["--config", str(config.resolve()), "a.b=1"]
+    assert submit.job_argv(args, stamp="T") == ["--config", str(config.resolve()), "a.b=1", "output.name=fedavg_sst2-T"]
+    args = submit.build_parser().parse_intermixed_args(["--config", str(config), "output.name=mine", *TYPICAL])
+    assert submit.job_argv(args) == ["--config", str(config.resolve()), "output.name=mine"]
 
 
 def test_defaults_job_name_and_time() -> None:
@@ -119,8 +121,11 @@ def test_submits_through_sbatch_when_slurm_is_there(config: Path, tmp_path: Path
     with open(tmp_path / "logs/4242/4242_submitted.pkl", "rb") as f:
         job = pickle.load(f).function
     assert isinstance(job, submit.FedmpiJob) and isinstance(job, submitit.helpers.Checkpointable)
-    assert job.argv == ["--config", str(config.resolve())] and job.entry == "fedmpi.launch:main"
-    assert job.checkpoint().function is job  # preemption resubmits the same run (from round 0)
+    assert job.argv[:2] == ["--config", str(config.resolve())] and job.entry == "fedmpi.launch:main"
+    assert job.argv[2].startswith("output.name=fedavg_sst2-")  # a fixed name, so a requeue finds its file
+    requeued = job.checkpoint().function  # preemption or timeout: the same run, resumed
+    assert requeued.argv == [*job.argv, "output.resume=true"]
+    assert requeued.checkpoint().function.argv == requeued.argv  # not repeated on a second requeue
 
 
 def test_without_slurm_submission_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -150,7 +155,8 @@ def test_local_run_end_to_end(code: int, config: Path, tmp_path: Path, monkeypat
     argv = ["--config", str(config), "a.b=1", *TYPICAL, "--local", "--log-dir", f"{tmp_path}/logs/%j"]
     assert submit.main(argv) == (1 if code else 0)
     ran = json.loads((tmp_path / "ran.json").read_text())
-    assert ran == {"argv": ["--config", str(config.resolve()), "a.b=1"], "executor": "local"}
+    assert ran["executor"] == "local"
+    assert ran["argv"][:3] == ["--config", str(config.resolve()), "a.b=1"] and ran["argv"][3].startswith("output.name=")
     captured = capsys.readouterr()
     assert "--local runs 1 rank" in captured.out
     if code:
