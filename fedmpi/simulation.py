@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedmpi import accounting, runtime, seeding
 from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
-from fedmpi.data import load_task, partition_dirichlet, partition_iid, tokenize_split
+from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
 from fedmpi.evaluation import EvalResult, batch_bounds, combine
-from fedmpi.models import HeadConfidence, LoraSettings, build_model, use_confidence_attention
+from fedmpi.models import HeadConfidence, LoraSettings, ModelBundle, build_model, use_confidence_attention
 from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
@@ -37,6 +38,7 @@ class _Parts:
     params: np.ndarray  # the global trainable vector, replicated on every rank
     num_eval: int
     worker_ranks: list[int]
+    task_kind: str
     first_round: int = 0  # > 0 when resuming
     server: Server | None = None  # rank 0 only
     writer: ResultWriter | None = None  # rank 0 only
@@ -64,76 +66,95 @@ def _worker_ranks(cfg: Config, comm: Communicator) -> list[int]:
     return list(range(1, comm.size))
 
 
-def _build(cfg: Config, comm: Communicator, name: str, progress: Progress) -> _Parts:
-    device = runtime.configure(cfg.runtime, comm)
+def _load_task(cfg: Config) -> TaskData:
     d = cfg.data
-    worker_ranks = _worker_ranks(cfg, comm)
-    task = load_task(
+    return load_task(
         d.source, path=d.path, train_file=d.train_file, eval_file=d.eval_file, input_field=d.input_field,
         label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
         max_eval_samples=d.max_eval_samples, strip_headers=d.strip_headers, num_train=d.num_train, num_eval=d.num_eval,
     )  # fmt: skip
-    progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
+
+
+def _build_model(cfg: Config, task: TaskData, device: torch.device) -> ModelBundle:
     lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
-    num_labels = len(task.label_names) if task.label_names else None
     bundle = build_model(
-        cfg.model.name, kind=task.kind, num_labels=num_labels, lora=lora,
+        cfg.model.name, kind=task.kind, num_labels=task.num_labels, lora=lora,
         seed=seeding.torch_seed(cfg.seed, seeding.INIT), attn_implementation=cfg.model.attn_implementation,
     )  # fmt: skip
+    bundle.model.to(device)
+    return bundle
+
+
+def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
+    d, rng = cfg.data, seeding.rng(cfg.seed, seeding.PARTITION)
+    if d.partition == "iid":
+        return partition_iid(len(train), d.num_clients, rng)
+    if train.labels is None:
+        raise ValueError("data.partition=dirichlet needs class labels; use data.partition=iid for generation tasks")
+    return partition_dirichlet(train.labels, d.num_clients, d.dirichlet_alpha, rng)
+
+
+def _ops_per_sample(bundle: ModelBundle, cfg: Config, sparsity: float) -> float:
+    """The paper's analytic OPs of one training sequence (Appendix A, T = 512)."""
+    try:
+        dims = accounting.attention_dims(bundle.model.get_base_model().config)
+    except ValueError:  # an architecture the paper's OPs rules do not cover
+        return float("nan")
+    return accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity)
+
+
+def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
+    """Every rank: device, data, model, partition and the worker role. Writes no file."""
+    device = runtime.configure(cfg.runtime, comm)
+    worker_ranks = _worker_ranks(cfg, comm)
+    task = _load_task(cfg)
+    progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
+    bundle = _build_model(cfg, task, device)
     strategy = build_strategy(cfg.strategy, bundle.head_map.num_heads_total)
     confidence = None
     if strategy.needs_importance:
         use_confidence_attention(bundle.model)
         confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
-    bundle.model.to(device)
-    train = tokenize_split(task.train, bundle.tokenizer, kind=task.kind, max_length=d.max_length, max_target_length=d.max_target_length)
-    evaluation = tokenize_split(task.eval, bundle.tokenizer, kind=task.kind, max_length=d.max_length, max_target_length=d.max_target_length)
-    part_rng = seeding.rng(cfg.seed, seeding.PARTITION)
-    if d.partition == "dirichlet":
-        if train.labels is None:
-            raise ValueError("data.partition=dirichlet needs class labels; use data.partition=iid for generation tasks")
-        partition = partition_dirichlet(train.labels, d.num_clients, d.dirichlet_alpha, part_rng)
-    else:
-        partition = partition_iid(len(train), d.num_clients, part_rng)
+    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length)
+    train = tokenize_split(task.train, bundle.tokenizer, **lengths)
+    evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
     trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence)
-    try:
-        dims = accounting.attention_dims(bundle.model.get_base_model().config)
-        ops_per_sample = accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=strategy.sparsity)
-    except ValueError:  # an architecture the paper's OPs rules do not cover
-        ops_per_sample = float("nan")
     worker = Worker(
-        trainer, strategy, partition, evaluation, rank=comm.rank, seed=cfg.seed,
-        ops_per_sample=ops_per_sample, num_epochs=cfg.client.num_epochs,
+        trainer, strategy, _partition(cfg, train), evaluation, rank=comm.rank, seed=cfg.seed,
+        ops_per_sample=_ops_per_sample(bundle, cfg, strategy.sparsity), num_epochs=cfg.client.num_epochs,
     )  # fmt: skip
     params = bundle.layout.get_flat(bundle.model).cpu().numpy()
-    parts = _Parts(worker=worker, params=params, num_eval=len(evaluation), worker_ranks=worker_ranks)
-    if comm.rank == 0:
-        head_map = bundle.head_map
-        parts.server = Server(cfg.server, strategy, head_map.head_index, d.num_clients, params, cfg.seed)
-        path = result_path(cfg, name)
-        if cfg.output.resume and ResultWriter.resumable(path):
-            parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size)
-            parts.server.restore(state)
-            parts.params[:] = state.trainable
-            parts.first_round = state.round + 1
-            progress.say(f"resuming {path} after round {state.round}")
-        else:
-            if cfg.output.resume:
-                progress.say(f"nothing to resume in {path}: starting the run")
-            parts.writer = ResultWriter(
-                path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=task.kind,
-                num_clients=d.num_clients, head_modules=[(m.name, m.kind, m.num_heads) for m in head_map.modules],
-            )  # fmt: skip
-        progress.say(
-            f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
-            f"{head_map.num_heads_total} heads in {len(head_map.modules)} attention modules; device {device}, "
-            f"{runtime.threads_per_rank(cfg.runtime, comm.local_size)} thread(s) per rank, {comm.size} rank(s)"
-        )
-        progress.say(
-            f"federation: {d.num_clients} clients ({d.partition}), {cfg.server.num_clients_per_round} per round, "
-            f"{cfg.server.num_rounds} rounds; strategy {strategy.name}, selection {cfg.server.selection}"
-        )
-    return parts
+    head_map = bundle.head_map
+    progress.say(
+        f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
+        f"{head_map.num_heads_total} heads in {len(head_map.modules)} attention modules; device {device}, "
+        f"{runtime.threads_per_rank(cfg.runtime, comm.local_size)} thread(s) per rank, {comm.size} rank(s)"
+    )
+    progress.say(
+        f"federation: {cfg.data.num_clients} clients ({cfg.data.partition}), {cfg.server.num_clients_per_round} per "
+        f"round, {cfg.server.num_rounds} rounds; strategy {strategy.name}, selection {cfg.server.selection}"
+    )
+    return _Parts(worker=worker, params=params, num_eval=len(evaluation), worker_ranks=worker_ranks, task_kind=task.kind)
+
+
+def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, progress: Progress) -> None:
+    """Rank 0, once every rank is set up: the server and the result file (new or resumed)."""
+    head_map = parts.worker.trainer.bundle.head_map
+    parts.server = Server(cfg.server, parts.worker.strategy, head_map.head_index, cfg.data.num_clients, parts.params, cfg.seed)
+    path = result_path(cfg, name)
+    if cfg.output.resume and ResultWriter.resumable(path):
+        parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size)
+        parts.server.restore(state)
+        parts.params[:] = state.trainable
+        parts.first_round = state.round + 1
+        progress.say(f"resuming {path} after round {state.round}")
+        return
+    if cfg.output.resume:
+        progress.say(f"nothing to resume in {path}: starting the run")
+    parts.writer = ResultWriter(
+        path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=parts.task_kind,
+        num_clients=cfg.data.num_clients, head_modules=[(m.name, m.kind, m.num_heads) for m in head_map.modules],
+    )  # fmt: skip
 
 
 def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult | None:
@@ -165,7 +186,8 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
     """Run one simulation; returns the result file's path on rank 0, None elsewhere."""
     progress = progress or Progress(enabled=comm.rank == 0)
     name = comm.bcast(run_name(cfg) if comm.rank == 0 else None)
-    parts = collective(comm, "setup", lambda: _build(cfg, comm, name, progress), debug=True)
+    parts = collective(comm, "setup", lambda: _build(cfg, comm, progress), debug=True)
+    collective(comm, "output", lambda: _open_results(cfg, comm, parts, name, progress) if comm.rank == 0 else None)
     writer, server = parts.writer, parts.server
     try:
         first_round = comm.bcast(parts.first_round)
