@@ -102,7 +102,8 @@ class Progress:
         }
         if writer.num_heads_total:
             heads = writer.num_heads_total
-            rows["importance"] = np.stack([u.scores if u.scores is not None else np.zeros(heads, np.float32) for u in updates])
+            # NaN where the strategy measured no importance (FedAvg, random pruning).
+            rows["importance"] = np.stack([u.scores if u.scores is not None else np.full(heads, np.nan, np.float32) for u in updates])
             rows["head_mask"] = np.stack([u.head_mask if u.head_mask is not None else np.ones(heads, bool) for u in updates])
         writer.append_clients(rows)
 
