@@ -1,0 +1,287 @@
+"""Paper Table 1 (ablation of head pruning x client selection): run the six cells over seeds, then tabulate.
+
+The cells are configs/<scale>/table1_{b1,b2,ours}_{random,loss}.yaml. Each (cell, seed) is one
+``python -m fedmpi.launch`` run (under ``mpiexec -n N`` with --ranks N) writing
+<output-dir>/table1_<cell>_<selection>-s<seed>.h5 and a .log beside it; a run whose result file is
+already complete is skipped, so an interrupted sweep resumes where it stopped. The table part reads
+the files with fedmpi.analyze (no torch, no MPI) and writes table.md / table.csv / runs.csv there.
+
+    python experiments/table1.py --scale cpu --seeds 0 1 2 [--jobs 2] [--overrides server.num_rounds=8]
+    python experiments/table1.py --scale paper --seeds 0 1 2 --ranks 2
+    python experiments/table1.py --scale cpu --seeds 0 1 --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python experiments/table1.py` from a checkout without an install
+
+from fedmpi.analyze import MIB, ResultFileError, format_table, load_run, summarize  # noqa: E402
+
+METHODS = ("b1", "b2", "ours")  # table order, as in the paper
+SELECTIONS = ("random", "loss")
+METHOD_LABELS = {"b1": "B1 FedAvg", "b2": "B2 FedAvg + random pruning", "ours": "Ours (importance pruning + Eq. 8)"}
+# "Rounds to target": the paper's 70% on MultiNLI; 35% on the CPU-scale 20 Newsgroups task, which
+# dense FedAvg reaches in the first half of its 16 rounds (see configs/cpu/).
+DEFAULT_TARGET = {"paper": 0.70, "cpu": 0.35}
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    selection: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"table1_{self.method}_{self.selection}-s{self.seed}"
+
+    def config(self, scale: str) -> Path:
+        return REPO / "configs" / scale / f"table1_{self.method}_{self.selection}.yaml"
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        return load_run(path).complete
+    except ResultFileError:
+        return False
+
+
+def launch_command(job: Job, args: argparse.Namespace) -> list[str]:
+    """argv of one run; later overrides win, so --overrides can replace the thread count too."""
+    cmd = [sys.executable, "-m", "fedmpi.launch", "--config", str(job.config(args.scale)), f"seed={job.seed}",
+           f"output.dir={args.output_dir}", f"output.name={job.name}", "output.overwrite=true"]
+    if args.jobs > 1:  # concurrent runs share the cores instead of each taking all of them
+        cmd.append(f"runtime.num_threads={max(1, (os.cpu_count() or 1) // (args.jobs * args.ranks))}")
+    cmd += args.overrides
+    if args.ranks > 1:
+        mpiexec = Path(sys.executable).parent / "mpiexec"
+        cmd = [str(mpiexec) if mpiexec.exists() else (shutil.which("mpiexec") or "mpiexec"), "-n", str(args.ranks), *cmd]
+    return cmd
+
+
+def run_one(job: Job, args: argparse.Namespace, counter: str) -> bool:
+    """Run one (cell, seed) unless its complete result exists; print one progress line. True if it succeeded."""
+    path = args.output_dir / f"{job.name}.h5"
+    if is_complete(path):
+        print(f"{counter} {job.name}: complete result exists, skipped", flush=True)
+        return True
+    log = path.with_suffix(".log")
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.call(launch_command(job, args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - start
+    if code != 0 or not is_complete(path):
+        print(f"{counter} {job.name}: FAILED (exit {code}) after {seconds:.0f} s; see {log}", flush=True)
+        return False
+    s = summarize(load_run(path), args.target)
+    print(f"{counter} {job.name}: done in {seconds:.0f} s, final {s['final_metric']:.4f}, "
+          f"best {s['best_metric']:.4f}, rounds to {args.target:g}: {s['rounds_to_target']}", flush=True)
+    return True
+
+
+def run_sweep(jobs: list[Job], args: argparse.Namespace) -> int:
+    """Run the jobs, ``args.jobs`` at a time, in (seed, cell) order; returns the number that failed."""
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    counters = [f"[{i + 1}/{len(jobs)}]" for i in range(len(jobs))]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        ok = list(pool.map(lambda jc: run_one(jc[0], args, jc[1]), zip(jobs, counters)))
+    return ok.count(False)
+
+
+# --- the table (pure: per-run summaries in, rows out) --------------------------------------------
+
+
+def method_of(config: dict[str, Any]) -> str:
+    """The Table 1 cell's method, read from the run's resolved config."""
+    strategy = config.get("strategy", {})
+    if strategy.get("name") == "fedavg":
+        return "b1"
+    return "ours" if strategy.get("pruning") == "importance" else "b2"
+
+
+def run_summary(path: Path, target: float) -> dict[str, Any]:
+    """One run's numbers for the table: fedmpi.analyze.summarize plus the per-client-per-round figures."""
+    run = load_run(path)
+    s = summarize(run, target)
+    training = run.rounds["round"] >= 1
+    participations = int(run.rounds["num_selected"][training].sum())
+    return {
+        "run": s["run"],
+        "method": method_of(run.config),
+        "selection": s["selection"],
+        "seed": int(run.config.get("seed", -1)),
+        "complete": run.complete,
+        "final": s["final_metric"],
+        "best": s["best_metric"],
+        "rounds_to_target": s["rounds_to_target"],
+        "sparsity": float(run.rounds["sparsity"][training].mean()) if training.any() else math.nan,
+        "upload_mib": s["upload_mib_paper"] / participations if participations else math.nan,
+        # The median: on a shared machine a few rounds can stall (other jobs), which would drag a mean.
+        "seconds_per_round": float(np.median(run.rounds["seconds"][training])) if training.any() else math.nan,
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and sample standard deviation (ddof=1; NaN for one value) of the non-NaN values, and their count."""
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
+
+
+def _rounds(r: int | None) -> float:
+    return math.nan if r is None else float(r)
+
+
+def cell_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, selection) present: mean, sd over seeds. Rounds to target over the seeds
+    that reached it, with how many did."""
+    rows = []
+    for method in METHODS:
+        for selection in SELECTIONS:
+            runs = [s for s in summaries if s["method"] == method and s["selection"] == selection]
+            if not runs:
+                continue
+            row: dict[str, Any] = {"method": method, "selection": selection, "num_seeds": len(runs)}
+            for key in ("final", "best", "sparsity", "upload_mib", "seconds_per_round"):
+                row[key], row[f"{key}_sd"], _ = mean_std([s[key] for s in runs])
+            row["rounds_to_target"], row["rounds_to_target_sd"], row["num_reached"] = mean_std(
+                [_rounds(s["rounds_to_target"]) for s in runs])
+            rows.append(row)
+    return rows
+
+
+def paired_differences(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours - B2 per selection rule, and loss - random per method: per-seed differences (same seed on both
+    sides), then their mean and sd. Rounds to target only over seeds where both sides reached it."""
+    by_key = {(s["method"], s["selection"], s["seed"]): s for s in summaries}
+    pairs = [(f"Ours - B2 ({sel} selection)", ("ours", sel), ("b2", sel)) for sel in SELECTIONS]
+    pairs += [(f"loss - random ({METHOD_LABELS[m].split(' (')[0]})", (m, "loss"), (m, "random")) for m in METHODS]
+    out = []
+    for label, a, b in pairs:
+        seeds = sorted({seed for (m, sel, seed) in by_key if (m, sel) == a} & {seed for (m, sel, seed) in by_key if (m, sel) == b})
+        if not seeds:
+            continue
+        row: dict[str, Any] = {"comparison": label, "num_seeds": len(seeds)}
+        for key in ("final", "best", "rounds_to_target"):
+            diffs = [_rounds(by_key[(*a, s)][key]) - _rounds(by_key[(*b, s)][key]) if key == "rounds_to_target"
+                     else by_key[(*a, s)][key] - by_key[(*b, s)][key] for s in seeds]
+            row[key], row[f"{key}_sd"], row[f"{key}_n"] = mean_std(diffs)
+        row["wins"] = sum(by_key[(*a, s)]["final"] > by_key[(*b, s)]["final"] for s in seeds)
+        out.append(row)
+    return out
+
+
+def _pm(mean: float, sd: float, scale: float = 1.0, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean * scale:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd * scale:.{digits}f}")
+
+
+TABLE_HEADER = ["method", "CS", "seeds", "final acc %", "best acc %", "rounds to target", "sparsity",
+                "upload MiB/client/round", "s/round (median)"]
+
+
+def table_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The formatted cells of the main table, one list per row of cell_rows()."""
+    out = []
+    for r in rows:
+        reached = _pm(r["rounds_to_target"], r["rounds_to_target_sd"], digits=1)
+        if r["num_reached"] < r["num_seeds"]:
+            reached += f" ({r['num_reached']}/{r['num_seeds']} reached)"
+        out.append([METHOD_LABELS[r["method"]], r["selection"], str(r["num_seeds"]), _pm(r["final"], r["final_sd"], 100),
+                    _pm(r["best"], r["best_sd"], 100), reached, f"{r['sparsity']:.0%}", f"{r['upload_mib']:.3f}",
+                    _pm(r["seconds_per_round"], r["seconds_per_round_sd"], digits=1)])
+    return out
+
+
+COMPARISON_HEADER = ["comparison", "seeds", "Δ final acc (pts)", "Δ best acc (pts)", "Δ rounds to target", "final: A > B"]
+
+
+def comparison_cells(diffs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [[d["comparison"], str(d["num_seeds"]), _pm(d["final"], d["final_sd"], 100), _pm(d["best"], d["best_sd"], 100),
+             _pm(d["rounds_to_target"], d["rounds_to_target_sd"], digits=1) + f" (n={d['rounds_to_target_n']})",
+             f"{d['wins']}/{d['num_seeds']} seeds"] for d in diffs]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_outputs(out_dir: Path, summaries: list[dict[str, Any]], rows: list[dict[str, Any]],
+                  diffs: list[dict[str, Any]], target: float) -> None:
+    for name, records in (("runs.csv", summaries), ("table.csv", rows), ("comparisons.csv", diffs)):
+        if records:
+            with (out_dir / name).open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(records[0]))
+                writer.writeheader()
+                writer.writerows(records)
+    text = (f"# Table 1 (mean ± sd over seeds; rounds to accuracy >= {target:g})\n\n"
+            f"{markdown_table(TABLE_HEADER, table_cells(rows))}\n\n"
+            f"## Paired differences (A - B, same seed)\n\n{markdown_table(COMPARISON_HEADER, comparison_cells(diffs))}\n")
+    (out_dir / "table.md").write_text(text)
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python experiments/table1.py", description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=("cpu", "paper"), default="cpu", help="configs/<scale>/table1_*.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--overrides", nargs="*", default=[], metavar="key.sub=value", help="passed to every run")
+    p.add_argument("--ranks", type=int, default=1, help="MPI processes per run (mpiexec -n N); 1: no mpiexec")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine (each gets cores/jobs threads)")
+    p.add_argument("--output-dir", type=Path, help="default: results/table1/<scale>")
+    p.add_argument("--target", type=float, help="accuracy for 'rounds to target' (default: 0.7 paper, 0.35 cpu)")
+    p.add_argument("--table-only", action="store_true", help="run nothing; tabulate the result files there")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.ranks < 1 or args.jobs < 1:
+        raise SystemExit("--ranks and --jobs must be >= 1")
+    args.output_dir = (args.output_dir or REPO / "results" / "table1" / args.scale).resolve()
+    args.target = DEFAULT_TARGET[args.scale] if args.target is None else args.target
+    jobs = [Job(m, sel, seed) for seed in args.seeds for m in METHODS for sel in SELECTIONS]
+    failed = 0 if args.table_only else run_sweep(jobs, args)
+    paths = [args.output_dir / f"{job.name}.h5" for job in jobs]
+    summaries = [run_summary(p, args.target) for p in paths if is_complete(p)]
+    if not summaries:
+        print(f"no complete result files in {args.output_dir}")
+        return 1
+    rows, diffs = cell_rows(summaries), paired_differences(summaries)
+    write_outputs(args.output_dir, summaries, rows, diffs, args.target)
+    print(f"\nTable 1 ({args.scale} scale, {len(summaries)}/{len(jobs)} runs; mean ± sd over seeds; "
+          f"rounds to accuracy >= {args.target:g}; upload: fp32 MiB per client per round, paper convention)")
+    print(format_table(table_cells(rows), TABLE_HEADER))
+    print("\nPaired differences A - B over the same seeds (mean ± sd):")
+    print(format_table(comparison_cells(diffs), COMPARISON_HEADER))
+    print(f"\nwritten: {args.output_dir}/table.md, table.csv, comparisons.csv, runs.csv")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
