@@ -110,3 +110,15 @@ def test_submit_local_runs_a_real_job(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert load_run(tmp_path / "sub.h5").complete
+
+
+@pytest.mark.mpi
+def test_bytes_crossing_mpi_shrink_with_sparsity(tmp_path):
+    moved = {}
+    for sparsity in (0.0, 0.5, 0.75):
+        settings = ["strategy.name=head_pruning", f"strategy.sparsity={sparsity}", "server.num_rounds=1"]
+        path, _ = _run(tmp_path, f"s{sparsity}", settings, ranks=2)
+        run = load_run(path)
+        moved[sparsity] = (int(run.rounds["mpi_bytes"][1]), int(run.clients["upload_bytes_mpi"].sum()))
+    assert moved[0.0][0] > moved[0.5][0] > moved[0.75][0]  # what rank 0 really received and sent
+    assert moved[0.0][1] > moved[0.5][1] > moved[0.75][1]  # the clients' packed payloads
