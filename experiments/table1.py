@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python experiments/table1.py` from a checkout without an install
 
-from fedmpi.analyze import MIB, ResultFileError, format_table, load_run, summarize  # noqa: E402
+from fedmpi.analyze import ResultFileError, format_table, load_run, summarize  # noqa: E402
 
 METHODS = ("b1", "b2", "ours")  # table order, as in the paper
 SELECTIONS = ("random", "loss")

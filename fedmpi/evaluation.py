@@ -26,10 +26,6 @@ def batch_bounds(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
 
 
-def my_batches(num_examples: int, batch_size: int, rank: int, size: int) -> list[tuple[int, int]]:
-    return batch_bounds(num_examples, batch_size)[rank::size]
-
-
 @torch.no_grad()
 def evaluate_batches(
     model: torch.nn.Module,

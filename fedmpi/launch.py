@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 
-from fedmpi.comm import RankFailure, create_comm, launched_by_mpi
+from fedmpi.comm import RankFailure, create_comm, launcher_rank
 from fedmpi.config import ConfigError, load_config
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         # Every rank reads the same config and fails the same way: rank 0 alone reports it.
-        if not launched_by_mpi() or _world_rank() == 0:
+        if launcher_rank() == 0:
             print(f"fedmpi: {exc}", file=sys.stderr, flush=True)
         return 2
     if args.print_config:
@@ -61,15 +61,6 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-def _world_rank() -> int:
-    import os
-
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 if __name__ == "__main__":

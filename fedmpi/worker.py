@@ -9,6 +9,7 @@ which heads are uploaded.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from fedmpi import seeding
 from fedmpi.client import LocalTrainer
@@ -93,8 +94,6 @@ class Worker:
         return [self.train_client(c, params, round_) for c in clients]
 
     def evaluate(self, bounds: list[tuple[int, int]], params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        import torch
-
         bundle = self.trainer.bundle
         bundle.layout.set_flat(bundle.model, torch.from_numpy(params))
         return evaluate_batches(

@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from conftest import REPO, TINY_RUN, run_launch
+from conftest import TINY_RUN, run_launch
 
 from fedmpi.analyze import load_run
 

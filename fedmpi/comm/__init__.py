@@ -27,6 +27,14 @@ def launched_by_mpi() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
 
 
+def launcher_rank() -> int:
+    """This process's world rank as the launcher announced it, read before MPI is initialised."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
 def create_comm(kind: str = "auto") -> Communicator:
     """``kind``: "auto" (MPI when launched by an MPI launcher), "mpi" or "local"."""
     if kind == "local" or (kind == "auto" and not launched_by_mpi()):
@@ -69,4 +77,4 @@ def collective(comm: Communicator, phase: str, work: Callable[[], T], *, debug: 
     return result  # type: ignore[return-value]
 
 
-__all__ = ["Communicator", "LocalComm", "RankFailure", "collective", "create_comm", "launched_by_mpi"]
+__all__ = ["Communicator", "LocalComm", "RankFailure", "collective", "create_comm", "launched_by_mpi", "launcher_rank"]
