@@ -29,11 +29,11 @@ from fedmpi.analyze import Run, load_run  # noqa: E402
 def check_pruning(run: Run) -> list[str]:
     c = run.clients
     s = run.config["strategy"]
-    if s["name"] == "fedavg" or "head_mask" not in c:
-        dense = "head_mask" not in c or bool(c["head_mask"].all())
+    if s["name"] == "fedavg" or "group_mask" not in c:
+        dense = "group_mask" not in c or bool(c["group_mask"].all())
         return [f"dense run: every head uploaded in every participation: {dense}; "
                 f"upload bytes per participation: {sorted(set(c['upload_bytes_paper'].tolist()))}"]
-    mask, imp = c["head_mask"].astype(bool), c["importance"].astype(np.float64)
+    mask, imp = c["group_mask"].astype(bool), c["importance"].astype(np.float64)
     num_heads = mask.shape[1]
     kept = mask.sum(axis=1)
     expected = max(1, round(num_heads * (1 - s["sparsity"])))
@@ -105,9 +105,9 @@ def check_final_vector(run: Run) -> list[str]:
     bundle = build_model(cfg["model"]["name"], kind="classification", num_labels=_num_labels(run), lora=lora, seed=0)
     index = bundle.head_map.head_index
     final = run.final_trainable
-    if final is None or "head_mask" not in run.clients:
+    if final is None or "group_mask" not in run.clients:
         return []
-    ever = run.clients["head_mask"].any(axis=0)
+    ever = run.clients["group_mask"].any(axis=0)
     never_rows = np.isin(index, np.flatnonzero(~ever))
     kept_rows = np.isin(index, np.flatnonzero(ever))
     return [f"final B of never-kept heads ({int((~ever).sum())}): max |value| {np.abs(final[never_rows]).max(initial=0):.3g}; "

@@ -38,7 +38,7 @@ class Run:
     config: dict[str, Any]
     rounds: dict[str, np.ndarray]
     clients: dict[str, np.ndarray]
-    heads: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # /groups: the families of parameter groups
     final_trainable: np.ndarray | None = None
 
     @property
@@ -101,13 +101,13 @@ def _read_run(path: Path) -> Run:
             raise ResultFileError(f"{path}: no /{rs.GROUP_ROUNDS} group")
         no_clients = {key: np.empty(0, dtype) for key, dtype in rs.CLIENT_COLUMNS.items()}
         clients = _read_group(f, rs.GROUP_CLIENTS, rs.CLIENT_COLUMNS) or no_clients
-        heads = _read_group(f, rs.GROUP_HEADS, rs.HEAD_COLUMNS) or {}
+        groups = _read_group(f, rs.GROUP_GROUPS, rs.GROUP_COLUMNS) or {}
         final = f[rs.FINAL_TRAINABLE][()] if rs.FINAL_TRAINABLE in f else None
     # Client rows are appended before their round's row: drop those of a round the run did not finish.
     finished = clients["round"] <= (rounds["round"][-1] if len(rounds["round"]) else -1)
     clients = {key: a[finished] for key, a in clients.items()}
     config = yaml.safe_load(attrs.get(rs.ATTR_CONFIG_YAML) or "") or {}
-    return Run(path, attrs, config, rounds, clients, heads, final)
+    return Run(path, attrs, config, rounds, clients, groups, final)
 
 
 # Where the resolved config (fedmpi.config) keeps the names shown in the tables; the first path found wins.
@@ -174,13 +174,13 @@ def _num_clients(run: Run) -> int:
 
 
 def importance_matrix(run: Run, round: int | None = None) -> np.ndarray:
-    """(num_clients x num_heads_total) head importance per client (paper Fig. 5).
+    """(num_clients x num_groups_total) group (head) importance per client (paper Fig. 5).
 
     The mean over the client's participations, or its value at one `round`; NaN rows for clients
     that did not take part.
     """
     if "importance" not in run.clients:
-        raise ValueError(f"{run.path}: no head importance recorded (num_heads_total = 0)")
+        raise ValueError(f"{run.path}: no group importance recorded (num_groups_total = 0)")
     importance = run.clients["importance"].astype(np.float64)
     client = run.clients["client"]
     keep = np.ones(len(client), bool) if round is None else run.clients["round"] == round

@@ -5,6 +5,11 @@ epochs with a fresh optimizer, and returns the delta, the mean loss of its last 
 and, when asked, its head importance gathered during the training forward passes. Every
 random draw (batch order, dropout) is keyed by (seed, round, client), so a client trains
 the same way on whichever rank hosts it.
+
+Groups the strategy does not train are not trained at all: a parameter whose elements
+all belong to such groups is frozen for the client (no gradient, no backward through it,
+not in the optimizer), and a parameter only partly in them has those elements' gradient
+zeroed and its decoupled weight decay masked, so their delta is exactly zero.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from fedmpi import seeding
 from fedmpi.config import ClientConfig
 from fedmpi.data import TokenizedSplit, collate
 from fedmpi.models import HeadConfidence, ModelBundle
+from fedmpi.models.groups import GroupMap
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class LocalTrainer:
         device: torch.device,
         seed: int,
         confidence: HeadConfidence | None,
+        groups: GroupMap,
     ) -> None:
         self.bundle = bundle
         self.model = bundle.model
@@ -48,16 +55,9 @@ class LocalTrainer:
         self.device = device
         self.seed = seed
         self.confidence = confidence
+        self.groups = groups
         self._params = [p for p in self.model.parameters() if p.requires_grad]
-        # Per parameter, the slice of the flat head index it covers (for freezing heads).
-        index = bundle.head_map.head_index
-        offsets = bundle.layout.offsets
-        self._param_heads = [
-            torch.from_numpy(index[offsets[i] : offsets[i + 1]].reshape(p.shape)).to(device)
-            if (index[offsets[i] : offsets[i + 1]] >= 0).any()
-            else None
-            for i, p in enumerate(self._params)
-        ]
+        self._bounds = list(zip(bundle.layout.offsets[:-1].tolist(), bundle.layout.offsets[1:].tolist()))
 
     def _batches(self, indices: np.ndarray, rng: np.random.Generator):
         order = rng.permutation(indices)
@@ -65,12 +65,22 @@ class LocalTrainer:
             batch = collate(self.train_split, order[start : start + self.cfg.batch_size], pad_token_id=self.bundle.pad_token_id)
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _grad_masks(self, kept_heads: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(parameter, 0/1 mask) for every parameter holding head elements; pruned heads get 0."""
-        kept = torch.from_numpy(np.append(kept_heads, True)).to(self.device)  # index -1 -> True
-        return [
-            (p, kept[heads].to(p.dtype)) for p, heads in zip(self._params, self._param_heads) if heads is not None
-        ]
+    def _split(self, trained_groups: np.ndarray | None) -> tuple[list, list, list]:
+        """(trained, frozen, [(partly trained parameter, 0/1 element mask)]) for a group mask."""
+        if trained_groups is None:
+            return self._params, [], []
+        elements = self.groups.element_mask(trained_groups)
+        trained, frozen, partial = [], [], []
+        for p, (a, b) in zip(self._params, self._bounds):
+            mask = elements[a:b]
+            if mask.all():
+                trained.append(p)
+            elif not mask.any():
+                frozen.append(p)
+            else:
+                trained.append(p)
+                partial.append((p, torch.from_numpy(mask.reshape(p.shape)).to(self.device, p.dtype)))
+        return trained, frozen, partial
 
     def measure_importance(self, indices: np.ndarray, global_params: np.ndarray, round_: int, client: int) -> np.ndarray:
         """Head confidence of the received global model on the client's data (forward only)."""
@@ -93,37 +103,53 @@ class LocalTrainer:
         client: int,
         *,
         record_importance: bool,
-        kept_heads: np.ndarray | None = None,
+        trained_groups: np.ndarray | None = None,
     ) -> LocalResult:
-        """Train one client from the global vector; ``kept_heads`` freezes the other heads' B rows."""
+        """Train one client from the global vector; only ``trained_groups`` train (None: all)."""
         start = time.perf_counter()
         layout = self.bundle.layout
         layout.set_flat(self.model, torch.from_numpy(global_params))
         torch.manual_seed(seeding.torch_seed(self.seed, seeding.DROPOUT, round_, client))
         shuffle = seeding.rng(self.seed, seeding.SHUFFLE, round_, client)
-        optimizer = torch.optim.AdamW(self._params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        grad_masks = self._grad_masks(kept_heads) if kept_heads is not None else []
+        trained, frozen, partial = self._split(trained_groups)
+        partly = {id(p) for p, _ in partial}
+        lr, decay = self.cfg.lr, self.cfg.weight_decay
+        # AdamW's decoupled decay (p *= 1 - lr * wd, before the Adam step) is applied by hand
+        # to partly trained parameters, masked, so elements that do not train stay put.
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for p in trained if id(p) not in partly], "weight_decay": decay},
+             {"params": [p for p, _ in partial], "weight_decay": 0.0}], lr=lr,
+        )  # fmt: skip
         if record_importance:
             assert self.confidence is not None
             self.confidence.reset()
+        for p in frozen:
+            p.requires_grad_(False)
         self.model.train()
-        for epoch in range(self.cfg.num_epochs):
-            last_epoch = epoch == self.cfg.num_epochs - 1
-            loss_sum, seen = 0.0, 0
-            for batch in self._batches(indices, shuffle):
-                # Importance is measured in the last epoch only: Algorithm 1 scores the model the
-                # client uploads, and one epoch is the paper's setting.
-                recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
-                with recording:
-                    loss = self.model(**batch).loss
-                loss.backward()
-                for param, mask in grad_masks:
-                    param.grad.mul_(mask)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                n = batch["input_ids"].shape[0]
-                loss_sum += float(loss.detach()) * n
-                seen += n
+        try:
+            for epoch in range(self.cfg.num_epochs):
+                last_epoch = epoch == self.cfg.num_epochs - 1
+                loss_sum, seen = 0.0, 0
+                for batch in self._batches(indices, shuffle):
+                    # Importance is measured in the last epoch only: Algorithm 1 scores the model the
+                    # client uploads, and one epoch is the paper's setting.
+                    recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
+                    with recording:
+                        loss = self.model(**batch).loss
+                    loss.backward()
+                    with torch.no_grad():
+                        for param, mask in partial:
+                            param.grad.mul_(mask)
+                            if decay:
+                                param.mul_(1.0 - lr * decay * mask)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    n = batch["input_ids"].shape[0]
+                    loss_sum += float(loss.detach()) * n
+                    seen += n
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         delta = layout.get_flat(self.model).cpu().numpy() - global_params
         scores = self.confidence.scores() if record_importance else None
         return LocalResult(delta, loss_sum / max(seen, 1), time.perf_counter() - start, scores)

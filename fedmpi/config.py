@@ -8,7 +8,7 @@ resolved tree is stored in the result file (``Config.to_yaml``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -78,13 +78,34 @@ class ServerConfig(_Section):
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
 
 
-class StrategyConfig(_Section):
-    name: Literal["fedavg", "head_pruning"] = "fedavg"
-    sparsity: float = Field(0.9, ge=0, lt=1)
+class FedAvgConfig(_Section):
+    """B1: FedAvg over every trainable parameter (Eq. 5)."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class HeadPruningConfig(_Section):
+    """The paper's method (importance pruning, Eq. 7-8) and baseline B2 (random pruning)."""
+
+    name: Literal["head_pruning"] = "head_pruning"
+    sparsity: float = Field(0.9, ge=0, lt=1)  # share of a client's groups (heads) not uploaded
     pruning: Literal["importance", "random"] = "importance"
     mask_timing: Literal["post_train", "pre_train"] = "post_train"
     weighting: Literal["importance", "samples"] = "importance"
     eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _weighting_needs_scores(self) -> HeadPruningConfig:
+        if self.pruning == "random" and self.weighting == "importance":
+            raise ValueError(
+                "strategy.weighting=importance needs strategy.pruning=importance "
+                "(random pruning measures no importance); use strategy.weighting=samples"
+            )
+        return self
+
+
+# One section per strategy, told apart by ``name`` (fedmpi.strategies.STRATEGIES has the classes).
+StrategyConfig = Annotated[FedAvgConfig | HeadPruningConfig, Field(discriminator="name")]
 
 
 class RuntimeConfig(_Section):
@@ -101,7 +122,7 @@ class Config(_Section):
     lora: LoraConfig = LoraConfig()
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
-    strategy: StrategyConfig = StrategyConfig()
+    strategy: StrategyConfig = FedAvgConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -115,18 +136,22 @@ class Config(_Section):
             raise ValueError("output.resume=true needs output.name: the run to continue")
         if self.output.resume and self.output.overwrite:
             raise ValueError("output.resume and output.overwrite exclude each other")
-        s = self.strategy
-        if s.name == "head_pruning" and s.pruning == "random" and s.weighting == "importance":
-            raise ValueError(
-                "strategy.weighting=importance needs strategy.pruning=importance "
-                "(random pruning measures no importance); use strategy.weighting=samples"
-            )
         if self.data.source == "jsonl" and not (self.data.train_file and self.data.eval_file):
             raise ValueError("data.source=jsonl needs data.train_file and data.eval_file")
         return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_STRATEGY_NAMES = frozenset(
+    c.model_fields["name"].default for c in StrategyConfig.__origin__.__args__  # type: ignore[attr-defined]
+)
+
+
+def strategy_names() -> tuple[str, ...]:
+    """Every ``strategy.name`` the config accepts."""
+    return tuple(sorted(_STRATEGY_NAMES))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -154,10 +179,14 @@ def _set_dotted(tree: dict[str, Any], keys: list[str], value: Any) -> None:
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "config"
+        # A discriminated union puts the chosen tag into the location (strategy.head_pruning.x): drop it.
+        loc = [p for i, p in enumerate(err["loc"]) if not (i == 1 and err["loc"][0] == "strategy" and p in _STRATEGY_NAMES)]
+        key = ".".join(str(p) for p in loc) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            if err["loc"][0] == "strategy" and len(err["loc"]) > 1 and err["loc"][1] in _STRATEGY_NAMES:
+                msg = f"unknown key for strategy.name={err['loc'][1]}"
         lines.append(f"{key}: {msg}" if err["loc"] else msg)
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
@@ -178,6 +207,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         tree = loaded or {}
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
+    strategy = tree.get("strategy")
+    if isinstance(strategy, dict) and "name" not in strategy:
+        strategy["name"] = FedAvgConfig().name  # the default strategy, so its keys are checked
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -1,10 +1,10 @@
 """What a client uploads, and how a rank's uploads travel to the server as one flat buffer.
 
-A ``ClientUpdate`` is the dense delta of the elements no head owns plus, for the heads the
-client kept, their elements only; with the head mask and the kept heads' scores. A rank
-packs all its clients' updates into one float32 buffer (values and scores) and one small
-metadata record per client (ids, counts, a bit-packed head mask), so the bytes that cross
-MPI shrink with sparsity.
+A ``ClientUpdate`` is the dense delta of the elements no group owns plus, for the groups
+the client kept (heads, in the paper), their elements only; with the group mask and the
+kept groups' scores. A rank packs all its clients' updates into one float32 buffer (values
+and scores) and one small metadata record per client (ids, counts, a bit-packed group
+mask), so the bytes that cross MPI shrink with sparsity.
 """
 
 from __future__ import annotations
@@ -23,44 +23,49 @@ class ClientUpdate:
     seconds: float
     ops: float
     paper_bytes: int  # fp32 bytes of adapter parameters sent (the paper's Comm. column)
-    values: np.ndarray  # float32: the delta at the elements selected by head_mask
-    head_mask: np.ndarray | None  # bool (num_heads_total,), None: every element sent
-    scores: np.ndarray | None  # float32 (num_heads_total,): importance, 0 for pruned heads
+    values: np.ndarray  # float32: the delta at the elements selected by group_mask
+    group_mask: np.ndarray | None  # bool (num_groups,), None: every element sent
+    scores: np.ndarray | None  # float32 (num_groups,): importance, 0 for pruned groups
 
     @property
     def wire_bytes(self) -> int:
         """Bytes this update occupies on the wire: values, scores and the packed mask."""
         size = self.values.nbytes
-        if self.head_mask is not None:
-            size += int(self.head_mask.sum()) * 4 + (self.head_mask.size + 7) // 8
+        if self.group_mask is not None:
+            size += int(self.group_mask.sum()) * 4 + (self.group_mask.size + 7) // 8
         return size
 
 
-def selected_elements(head_index: np.ndarray, head_mask: np.ndarray | None) -> np.ndarray:
-    """Elements an update carries: every element no head owns, and the kept heads' ones."""
-    if head_mask is None:
-        return np.ones(head_index.shape[0], dtype=bool)
-    # np.maximum keeps the index valid for head-less elements, which are True anyway.
-    return (head_index < 0) | head_mask[np.maximum(head_index, 0)]
+def realised_sparsity(group_mask: np.ndarray | None) -> float:
+    """Share of the groups a client did not upload (0 when it sent everything)."""
+    return 0.0 if group_mask is None or group_mask.size == 0 else 1.0 - float(group_mask.mean())
+
+
+def selected_elements(group_index: np.ndarray, group_mask: np.ndarray | None) -> np.ndarray:
+    """Elements an update carries: every element no group owns, and the kept groups' ones."""
+    if group_mask is None:
+        return np.ones(group_index.shape[0], dtype=bool)
+    # np.maximum keeps the index valid for group-less elements, which are True anyway.
+    return (group_index < 0) | group_mask[np.maximum(group_index, 0)]
 
 
 def make_update(
     delta: np.ndarray,
-    head_index: np.ndarray,
-    head_mask: np.ndarray | None,
+    group_index: np.ndarray,
+    group_mask: np.ndarray | None,
     scores: np.ndarray | None,
     **record: float | int,
 ) -> ClientUpdate:
-    values = np.ascontiguousarray(delta[selected_elements(head_index, head_mask)], dtype=np.float32)
-    if scores is not None and head_mask is not None:
-        scores = np.where(head_mask, scores, 0).astype(np.float32)  # Eq. 7: pruned heads score 0
-    return ClientUpdate(values=values, head_mask=head_mask, scores=scores, **record)  # type: ignore[arg-type]
+    values = np.ascontiguousarray(delta[selected_elements(group_index, group_mask)], dtype=np.float32)
+    if scores is not None and group_mask is not None:
+        scores = np.where(group_mask, scores, 0).astype(np.float32)  # Eq. 7: pruned groups score 0
+    return ClientUpdate(values=values, group_mask=group_mask, scores=scores, **record)  # type: ignore[arg-type]
 
 
-def densify(update: ClientUpdate, head_index: np.ndarray) -> np.ndarray:
+def densify(update: ClientUpdate, group_index: np.ndarray) -> np.ndarray:
     """The update as a full-length delta, zeros where the client sent nothing."""
-    dense = np.zeros(head_index.shape[0], dtype=np.float32)
-    dense[selected_elements(head_index, update.head_mask)] = update.values
+    dense = np.zeros(group_index.shape[0], dtype=np.float32)
+    dense[selected_elements(group_index, update.group_mask)] = update.values
     return dense
 
 
@@ -69,7 +74,7 @@ def pack(updates: list[ClientUpdate]) -> tuple[np.ndarray, list[dict]]:
     chunks: list[np.ndarray] = []
     meta = []
     for u in updates:
-        kept_scores = None if u.head_mask is None or u.scores is None else u.scores[u.head_mask]
+        kept_scores = None if u.group_mask is None or u.scores is None else u.scores[u.group_mask]
         chunks.append(u.values)
         if kept_scores is not None:
             chunks.append(kept_scores)
@@ -84,8 +89,8 @@ def pack(updates: list[ClientUpdate]) -> tuple[np.ndarray, list[dict]]:
                 "paper_bytes": u.paper_bytes,
                 "num_values": u.values.size,
                 "has_scores": kept_scores is not None,
-                "num_heads": None if u.head_mask is None else u.head_mask.size,
-                "mask_bits": None if u.head_mask is None else np.packbits(u.head_mask).tobytes(),
+                "num_groups": None if u.group_mask is None else u.group_mask.size,
+                "mask_bits": None if u.group_mask is None else np.packbits(u.group_mask).tobytes(),
             }
         )
     buffer = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
@@ -102,10 +107,10 @@ def unpack(buffer: np.ndarray, meta: list[dict]) -> list[ClientUpdate]:
         mask = scores = None
         if m["mask_bits"] is not None:
             bits = np.frombuffer(m["mask_bits"], dtype=np.uint8)
-            mask = np.unpackbits(bits, count=m["num_heads"]).astype(bool)
+            mask = np.unpackbits(bits, count=m["num_groups"]).astype(bool)
             if m["has_scores"]:
                 kept = int(mask.sum())
-                scores = np.zeros(m["num_heads"], dtype=np.float32)
+                scores = np.zeros(m["num_groups"], dtype=np.float32)
                 scores[mask] = buffer[pos : pos + kept]
                 pos += kept
         updates.append(
@@ -118,7 +123,7 @@ def unpack(buffer: np.ndarray, meta: list[dict]) -> list[ClientUpdate]:
                 ops=m["ops"],
                 paper_bytes=m["paper_bytes"],
                 values=values,
-                head_mask=mask,
+                group_mask=mask,
                 scores=scores,
             )
         )

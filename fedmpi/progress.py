@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmpi.evaluation import EvalResult
-from fedmpi.payload import ClientUpdate
+from fedmpi.payload import ClientUpdate, realised_sparsity
 from fedmpi.results import ResultWriter
 
 MIB = 2**20
@@ -50,13 +50,13 @@ class Progress:
         *,
         seconds: float,
         mpi_bytes: int,
-        sparsity: float,
     ) -> None:
         """Record one round (updates in client id order) and print its line."""
         samples = np.array([u.num_samples for u in updates], dtype=np.float64)
         losses = np.array([u.train_loss for u in updates])
         train_loss = float((samples * losses).sum() / samples.sum()) if updates else math.nan
         paper_bytes = sum(u.paper_bytes for u in updates)
+        sparsity = float(np.mean([realised_sparsity(u.group_mask) for u in updates])) if updates else 0.0
         eval_loss = evaluated.loss if evaluated else math.nan
         metric = evaluated.metric if evaluated else math.nan
         if writer is not None:
@@ -99,12 +99,13 @@ class Progress:
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],
+            "sparsity": [realised_sparsity(u.group_mask) for u in updates],
         }
-        if writer.num_heads_total:
-            heads = writer.num_heads_total
+        if writer.num_groups:
+            n = writer.num_groups
             # NaN where the strategy measured no importance (FedAvg, random pruning).
-            rows["importance"] = np.stack([u.scores if u.scores is not None else np.full(heads, np.nan, np.float32) for u in updates])
-            rows["head_mask"] = np.stack([u.head_mask if u.head_mask is not None else np.ones(heads, bool) for u in updates])
+            rows["importance"] = np.stack([u.scores if u.scores is not None else np.full(n, np.nan, np.float32) for u in updates])
+            rows["group_mask"] = np.stack([u.group_mask if u.group_mask is not None else np.ones(n, bool) for u in updates])
         writer.append_clients(rows)
 
     def summary(self, path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class ServerState:
     last_loss: np.ndarray
     times_seen: np.ndarray
     global_loss: float
+    strategy: dict[str, np.ndarray] = field(default_factory=dict)  # the strategy's server state
 
 
 # Sections that may differ between a run and its resumption (where it writes, how it runs, how long).
@@ -96,11 +97,11 @@ class ResultWriter:
         num_ranks: int,
         task_kind: str,
         num_clients: int,
-        head_modules: list[tuple[str, str, int]],
+        group_families: list[tuple[str, str, int]],
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.num_heads_total = sum(n for _, _, n in head_modules)
+        self.num_groups = sum(n for _, _, n in group_families)
         self._file = h5py.File(path, "w")
         attrs = self._file.attrs
         attrs.update(_versions())
@@ -114,21 +115,21 @@ class ResultWriter:
         self.metric = S.METRIC_ACCURACY if task_kind == S.TASK_CLASSIFICATION else S.METRIC_ROUGE_L
         attrs[S.ATTR_METRIC] = self.metric
         attrs[S.ATTR_NUM_CLIENTS] = num_clients
-        attrs[S.ATTR_NUM_HEADS_TOTAL] = self.num_heads_total
+        attrs[S.ATTR_NUM_GROUPS_TOTAL] = self.num_groups
         rounds = self._file.create_group(S.GROUP_ROUNDS)
         for name, dtype in S.ROUND_COLUMNS.items():
             _column(rounds, name, dtype)
         clients = self._file.create_group(S.GROUP_CLIENTS)
         for name, dtype in S.CLIENT_COLUMNS.items():
             _column(clients, name, dtype)
-        if self.num_heads_total:
-            for name, dtype in S.CLIENT_HEAD_COLUMNS.items():
-                _column(clients, name, dtype, width=self.num_heads_total)
-            heads = self._file.create_group(S.GROUP_HEADS)
-            names, kinds, counts = zip(*head_modules)
-            heads.create_dataset("module_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-            heads.create_dataset("module_kinds", data=np.array(kinds, dtype=object), dtype=h5py.string_dtype())
-            heads.create_dataset("num_heads", data=np.array(counts, dtype=np.int32))
+        if self.num_groups:
+            for name, dtype in S.CLIENT_GROUP_COLUMNS.items():
+                _column(clients, name, dtype, width=self.num_groups)
+            groups = self._file.create_group(S.GROUP_GROUPS)
+            names, kinds, counts = zip(*group_families)
+            groups.create_dataset("family_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+            groups.create_dataset("family_kinds", data=np.array(kinds, dtype=object), dtype=h5py.string_dtype())
+            groups.create_dataset("num_groups", data=np.array(counts, dtype=np.int32))
         self._file.flush()
 
     @classmethod
@@ -151,6 +152,7 @@ class ResultWriter:
                 last_loss=ckpt["last_loss"][:],
                 times_seen=ckpt["times_seen"][:],
                 global_loss=float(ckpt.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS]),
+                strategy={k: v[()] for k, v in ckpt.get(S.CHECKPOINT_STRATEGY, {}).items()},
             )
             for group in (S.GROUP_ROUNDS, S.GROUP_CLIENTS):  # rows written after the checkpoint
                 keep = int((f[group]["round"][:] <= state.round).sum())
@@ -166,7 +168,7 @@ class ResultWriter:
         f.attrs[S.ATTR_NUM_RANKS] = num_ranks
         f.attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
         writer.metric = f.attrs[S.ATTR_METRIC]
-        writer.num_heads_total = int(f.attrs[S.ATTR_NUM_HEADS_TOTAL])
+        writer.num_groups = int(f.attrs[S.ATTR_NUM_GROUPS_TOTAL])
         return writer, state
 
     @staticmethod
@@ -186,6 +188,11 @@ class ResultWriter:
                 group[name][...] = data
             else:
                 group.create_dataset(name, data=data)
+        if S.CHECKPOINT_STRATEGY in group:
+            del group[S.CHECKPOINT_STRATEGY]
+        strategy = group.create_group(S.CHECKPOINT_STRATEGY)
+        for name, value in state.strategy.items():
+            strategy.create_dataset(name, data=value)
         group.attrs[S.ATTR_CHECKPOINT_ROUND] = state.round
         group.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS] = state.global_loss
         self._file.flush()

@@ -5,7 +5,7 @@ Change a name or a meaning here -> bump FORMAT_VERSION. Dtypes are numpy dtype n
 ("str" means a variable-length UTF-8 string, ``h5py.string_dtype()``).
 """
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: heads became parameter groups (/groups, group_mask, num_groups_total)
 
 # --- root attributes ------------------------------------------------------------------------
 ATTR_FORMAT_VERSION = "format_version"
@@ -22,7 +22,7 @@ ATTR_STATUS = "status"  # one of STATUSES
 ATTR_METRIC = "metric"  # one of METRICS
 ATTR_TASK_KIND = "task_kind"  # one of TASK_KINDS
 ATTR_NUM_CLIENTS = "num_clients"
-ATTR_NUM_HEADS_TOTAL = "num_heads_total"  # 0 if the strategy has no heads
+ATTR_NUM_GROUPS_TOTAL = "num_groups_total"  # parameter groups (heads, blocks, ...); 0 if the strategy has none
 ATTR_ERROR = "error"  # only when status is "failed": the message
 
 STATUS_RUNNING = "running"  # also what a killed run leaves behind
@@ -51,12 +51,12 @@ ROUND_COLUMNS: dict[str, str] = {
     "upload_bytes_paper": "int64",  # summed over the round's clients, the paper's convention
     "mpi_bytes": "int64",  # bytes that really crossed MPI this round
     "seconds": "float64",  # wall time of the round
-    "sparsity": "float64",
+    "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
     "ops": "float64",  # analytic OPs summed over the round's clients
 }
 
 # --- /clients: one row per (round, client) participation; 1-D resizable datasets, plus the
-# 2-D CLIENT_HEAD_COLUMNS of shape (rows, num_heads_total) when num_heads_total > 0.
+# 2-D CLIENT_GROUP_COLUMNS of shape (rows, num_groups_total) when num_groups_total > 0.
 GROUP_CLIENTS = "clients"
 CLIENT_COLUMNS: dict[str, str] = {
     "round": "int32",
@@ -68,18 +68,20 @@ CLIENT_COLUMNS: dict[str, str] = {
     "upload_bytes_mpi": "int64",
     "seconds": "float64",
     "ops": "float64",
+    "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
 }
-CLIENT_HEAD_COLUMNS: dict[str, str] = {
-    "importance": "float32",
-    "head_mask": "bool",
+CLIENT_GROUP_COLUMNS: dict[str, str] = {
+    "importance": "float32",  # per group; NaN where the strategy measures none
+    "group_mask": "bool",  # per group: uploaded
 }
 
-# --- /heads: only when num_heads_total > 0; one row per module that owns heads.
-GROUP_HEADS = "heads"
-HEAD_COLUMNS: dict[str, str] = {
-    "module_names": "str",
-    "module_kinds": "str",
-    "num_heads": "int32",
+# --- /groups: only when num_groups_total > 0; one row per family (a module owning consecutive groups:
+# an attention module's heads, ...). Family f's group g is column offsets[f] + g of the 2-D client columns.
+GROUP_GROUPS = "groups"
+GROUP_COLUMNS: dict[str, str] = {
+    "family_names": "str",
+    "family_kinds": "str",  # self | encoder_self | decoder_self | cross (heads) | block | triplet
+    "num_groups": "int32",
 }
 
 # --- /final: only when the run completed.
@@ -94,5 +96,6 @@ CHECKPOINT_ARRAYS: dict[str, str] = {
     "last_loss": "float64",  # per client: loss of its last participation (+inf: never seen)
     "times_seen": "int32",  # per client: participations so far
 }
+CHECKPOINT_STRATEGY = "strategy"  # subgroup of /checkpoint: the strategy's server state, one array per name
 ATTR_CHECKPOINT_ROUND = "round"
 ATTR_CHECKPOINT_GLOBAL_LOSS = "global_loss"

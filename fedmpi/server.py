@@ -1,8 +1,8 @@
 """The rank-0 role: choose each round's clients, combine their updates, keep the per-client table.
 
-The server owns the global trainable vector and, per logical client, its loss from its
-last participation and how often it was seen (what loss-based selection needs). It is
-built on rank 0 only.
+The server owns the global trainable vector, the strategy's server state and, per logical
+client, its loss from its last participation and how often it was seen (what loss-based
+selection needs). It is built on rank 0 only.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ from fedmpi.strategies import Strategy
 
 
 class Server:
-    def __init__(
-        self, cfg: ServerConfig, strategy: Strategy, head_index: np.ndarray, num_clients: int, params: np.ndarray, seed: int
-    ) -> None:
+    def __init__(self, cfg: ServerConfig, strategy: Strategy, num_clients: int, params: np.ndarray, seed: int) -> None:
         self.cfg = cfg
         self.strategy = strategy
-        self.head_index = head_index
         self.seed = seed
         self.params = params.copy()
         # "We initiate all clients with high loss values": unseen clients rank first in Eq. 9.
@@ -32,7 +29,7 @@ class Server:
         self.global_loss = float("nan")  # L_g of the latest evaluated global model
 
     def state(self, round_: int) -> ServerState:
-        return ServerState(round_, self.params, self.last_loss, self.times_seen, self.global_loss)
+        return ServerState(round_, self.params, self.last_loss, self.times_seen, self.global_loss, self.strategy.state())
 
     def restore(self, state: ServerState) -> None:
         if state.trainable.shape != self.params.shape or state.last_loss.shape != self.last_loss.shape:
@@ -41,6 +38,7 @@ class Server:
         self.last_loss = state.last_loss.copy()
         self.times_seen = state.times_seen.copy()
         self.global_loss = state.global_loss
+        self.strategy.load_state(state.strategy)
 
     def select(self, round_: int) -> np.ndarray:
         rng = seeding.rng(self.seed, seeding.SELECT, round_)
@@ -52,7 +50,7 @@ class Server:
     def apply(self, updates: list[ClientUpdate]) -> None:
         """Combine one round's updates (in client id order) into the global vector."""
         updates = sorted(updates, key=lambda u: u.client)
-        self.params = self.strategy.aggregate(self.params, updates, self.head_index, self.cfg.lr)
+        self.params = self.strategy.aggregate(self.params, updates, self.cfg.lr)
         for u in updates:
             self.last_loss[u.client] = u.train_loss
             self.times_seen[u.client] += 1

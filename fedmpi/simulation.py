@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
 from fedmpi.server import Server
-from fedmpi.strategies import build_strategy
+from fedmpi.strategies import STRATEGIES, build_strategy
 from fedmpi.worker import Worker, assign_clients
 
 
@@ -94,13 +95,13 @@ def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
     return partition_dirichlet(train.labels, d.num_clients, d.dirichlet_alpha, rng)
 
 
-def _ops_per_sample(bundle: ModelBundle, cfg: Config, sparsity: float) -> float:
-    """The paper's analytic OPs of one training sequence (Appendix A, T = 512)."""
+def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float]:
+    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity."""
     try:
         dims = accounting.attention_dims(bundle.model.get_base_model().config)
     except ValueError:  # an architecture the paper's OPs rules do not cover
-        return float("nan")
-    return accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity)
+        return lambda sparsity: float("nan")
+    return lambda sparsity: accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity)
 
 
 def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
@@ -110,24 +111,24 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     task = _load_task(cfg)
     progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
     bundle = _build_model(cfg, task, device)
-    strategy = build_strategy(cfg.strategy, bundle.head_map.num_heads_total)
+    strategy = build_strategy(cfg.strategy, STRATEGIES[cfg.strategy.name].group_map(bundle))
     confidence = None
-    if strategy.needs_importance:
+    if strategy.needs_confidence:
         use_confidence_attention(bundle.model)
         confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
     lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length)
     train = tokenize_split(task.train, bundle.tokenizer, **lengths)
     evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
-    trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence)
+    trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence, groups=strategy.groups)
     worker = Worker(
         trainer, strategy, _partition(cfg, train), evaluation, rank=comm.rank, seed=cfg.seed,
-        ops_per_sample=_ops_per_sample(bundle, cfg, strategy.sparsity), num_epochs=cfg.client.num_epochs,
+        ops_per_sample=_ops_per_sample(bundle, cfg), num_epochs=cfg.client.num_epochs,
     )  # fmt: skip
     params = bundle.layout.get_flat(bundle.model).cpu().numpy()
-    head_map = bundle.head_map
+    groups = strategy.groups
     progress.say(
         f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
-        f"{head_map.num_heads_total} heads in {len(head_map.modules)} attention modules; device {device}, "
+        f"{groups.num_groups} groups in {len(groups.families)} families; device {device}, "
         f"{runtime.threads_per_rank(cfg.runtime, comm.local_size)} thread(s) per rank, {comm.size} rank(s)"
     )
     progress.say(
@@ -139,8 +140,8 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
 
 def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, progress: Progress) -> None:
     """Rank 0, once every rank is set up: the server and the result file (new or resumed)."""
-    head_map = parts.worker.trainer.bundle.head_map
-    parts.server = Server(cfg.server, parts.worker.strategy, head_map.head_index, cfg.data.num_clients, parts.params, cfg.seed)
+    groups = parts.worker.groups
+    parts.server = Server(cfg.server, parts.worker.strategy, cfg.data.num_clients, parts.params, cfg.seed)
     path = result_path(cfg, name)
     if cfg.output.resume and ResultWriter.resumable(path):
         parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size)
@@ -153,7 +154,7 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
         progress.say(f"nothing to resume in {path}: starting the run")
     parts.writer = ResultWriter(
         path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=parts.task_kind,
-        num_clients=cfg.data.num_clients, head_modules=[(m.name, m.kind, m.num_heads) for m in head_map.modules],
+        num_clients=cfg.data.num_clients, group_families=[(f.name, f.kind, f.num_groups) for f in groups.families],
     )  # fmt: skip
 
 
@@ -166,9 +167,10 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult 
 
 
 def _train_round(comm: Communicator, parts: _Parts, round_: int) -> list[ClientUpdate] | None:
-    selected = comm.bcast(parts.server.select(round_) if parts.server else None)
+    server = parts.server
+    selected, message = comm.bcast((server.select(round_), server.strategy.round_message(round_)) if server else None)
     mine = assign_clients(selected, parts.worker_ranks).get(comm.rank, [])
-    updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_))
+    updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message))
     buffer, meta = pack(updates)
     buffers = comm.gather_arrays(buffer)
     metas = comm.gather(meta)
@@ -204,7 +206,6 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
                 progress.round(
                     writer, round_, cfg.server.num_rounds, sorted(updates, key=lambda u: u.client), evaluated,
                     seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved,
-                    sparsity=parts.worker.strategy.sparsity,
                 )  # fmt: skip
                 writer.checkpoint(server.state(round_))
         if writer is not None:

@@ -1,9 +1,9 @@
 """The per-rank role: train this rank's share of a round's clients, evaluate its share of batches.
 
 One model instance per rank; clients train one after another, each starting from the
-global vector. The strategy decides whether importance is measured, when the head mask
-is chosen (after training, as in Algorithm 1, or before it, freezing pruned heads), and
-which heads are uploaded.
+global vector. The strategy's client hooks decide, from the client's context and the
+server's message for the round, which groups train and which are uploaded; the trainer
+records the importance the strategy asks for.
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from collections.abc import Callable
+from typing import Any
+
 from fedmpi import seeding
 from fedmpi.client import LocalTrainer
 from fedmpi.data import Partition, TokenizedSplit
 from fedmpi.evaluation import evaluate_batches
-from fedmpi.payload import ClientUpdate, make_update
-from fedmpi.strategies import Strategy
+from fedmpi.payload import ClientUpdate, make_update, realised_sparsity
+from fedmpi.models.groups import GroupMap
+from fedmpi.strategies import ClientContext, Strategy
 
 
 def assign_clients(selected: np.ndarray, worker_ranks: list[int]) -> dict[int, list[int]]:
@@ -30,13 +34,14 @@ def assign_clients(selected: np.ndarray, worker_ranks: list[int]) -> dict[int, l
 class UploadSizer:
     """The paper's communication figure: fp32 bytes of the adapter parameters a client sends."""
 
-    def __init__(self, head_index: np.ndarray, task_head: np.ndarray, num_heads_total: int) -> None:
-        self.dense = int(((head_index < 0) & ~task_head).sum())
-        self.per_head = np.bincount(head_index[head_index >= 0], minlength=num_heads_total)
+    def __init__(self, groups: GroupMap, task_head: np.ndarray) -> None:
+        index = groups.group_index
+        self.dense = int(((index < 0) & ~task_head).sum())
+        self.per_group = groups.group_sizes()
 
-    def __call__(self, head_mask: np.ndarray | None) -> int:
-        heads = self.per_head.sum() if head_mask is None else self.per_head[head_mask].sum()
-        return 4 * (self.dense + int(heads))
+    def __call__(self, group_mask: np.ndarray | None) -> int:
+        kept = self.per_group.sum() if group_mask is None else self.per_group[group_mask].sum()
+        return 4 * (self.dense + int(kept))
 
 
 class Worker:
@@ -49,7 +54,7 @@ class Worker:
         *,
         rank: int,
         seed: int,
-        ops_per_sample: float,
+        ops_per_sample: Callable[[float], float],
         num_epochs: int,
     ) -> None:
         self.trainer = trainer
@@ -58,27 +63,30 @@ class Worker:
         self.eval_split = eval_split
         self.rank = rank
         self.seed = seed
-        self.ops_per_sample = ops_per_sample
+        self.ops_per_sample = ops_per_sample  # the paper's analytic OPs of one sequence, given the sparsity
         self.num_epochs = num_epochs
-        bundle = trainer.bundle
-        self.head_index = bundle.head_map.head_index
-        self.upload_size = UploadSizer(self.head_index, bundle.layout.element_task_head_mask(), bundle.head_map.num_heads_total)
+        self.groups = strategy.groups
+        self.upload_size = UploadSizer(self.groups, trainer.bundle.layout.element_task_head_mask())
 
-    def train_client(self, client: int, params: np.ndarray, round_: int) -> ClientUpdate:
+    def train_client(self, client: int, params: np.ndarray, round_: int, message: Any = None) -> ClientUpdate:
         indices = self.partition.client_indices(client)
         strategy, trainer = self.strategy, self.trainer
-        prune_rng = seeding.rng(self.seed, seeding.PRUNE, round_, client)
-        if strategy.mask_timing == "pre_train":
-            scores = trainer.measure_importance(indices, params, round_, client) if strategy.needs_importance else None
-            mask = strategy.choose_mask(scores, prune_rng)
-            result = trainer.train(indices, params, round_, client, record_importance=False, kept_heads=mask)
-        else:
-            result = trainer.train(indices, params, round_, client, record_importance=strategy.needs_importance)
-            scores = result.scores
-            mask = strategy.choose_mask(scores, prune_rng)
+        ctx = ClientContext(client, round_, int(indices.size), seeding.rng(self.seed, seeding.PRUNE, round_, client), message)
+        measured: dict[str, np.ndarray] = {}
+
+        def score() -> np.ndarray:  # the received model's importance, for masks chosen before training
+            measured["scores"] = trainer.measure_importance(indices, params, round_, client)
+            return measured["scores"]
+
+        trained = strategy.train_mask(ctx, score)
+        result = trainer.train(
+            indices, params, round_, client, record_importance=strategy.importance == "confidence", trained_groups=trained
+        )
+        scores = result.scores if result.scores is not None else measured.get("scores")
+        mask = strategy.upload_mask(ctx, scores, trained)
         return make_update(
             result.delta,
-            self.head_index,
+            self.groups.group_index,
             mask,
             scores,
             client=client,
@@ -86,12 +94,12 @@ class Worker:
             num_samples=int(indices.size),
             train_loss=result.train_loss,
             seconds=result.seconds,
-            ops=self.ops_per_sample * indices.size * self.num_epochs,
+            ops=self.ops_per_sample(realised_sparsity(mask)) * indices.size * self.num_epochs,
             paper_bytes=self.upload_size(mask),
         )
 
-    def train_clients(self, clients: list[int], params: np.ndarray, round_: int) -> list[ClientUpdate]:
-        return [self.train_client(c, params, round_) for c in clients]
+    def train_clients(self, clients: list[int], params: np.ndarray, round_: int, message: Any = None) -> list[ClientUpdate]:
+        return [self.train_client(c, params, round_, message) for c in clients]
 
     def evaluate(self, bounds: list[tuple[int, int]], params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         bundle = self.trainer.bundle

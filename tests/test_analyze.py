@@ -30,11 +30,11 @@ def write_result(
     status: str = rs.STATUS_COMPLETE,
     num_ranks: int = 2,
     num_clients: int = 3,
-    heads: dict[str, list] | None = None,
+    groups: dict[str, list] | None = None,
     final: np.ndarray | None = None,
 ) -> Path:
-    """A result file as the rank-0 writer leaves it: resizable 1-D columns, optional heads and final vector."""
-    num_heads_total = int(sum(heads["num_heads"])) if heads else 0
+    """A result file as the rank-0 writer leaves it: resizable 1-D columns, optional groups and final vector."""
+    num_groups_total = int(sum(groups["num_groups"])) if groups else 0
     with h5py.File(path, "w") as f:
         f.attrs.update({
             rs.ATTR_FORMAT_VERSION: rs.FORMAT_VERSION, rs.ATTR_RUN_NAME: run_name, rs.ATTR_CONFIG_YAML: config_yaml,
@@ -42,22 +42,22 @@ def write_result(
             rs.ATTR_PEFT_VERSION: "0.17", rs.ATTR_PYTHON_VERSION: "3.11", rs.ATTR_NUM_RANKS: np.int64(num_ranks),
             rs.ATTR_STARTED_AT: "2025-01-01T00:00:00", rs.ATTR_STATUS: status, rs.ATTR_METRIC: rs.METRIC_ACCURACY,
             rs.ATTR_TASK_KIND: rs.TASK_CLASSIFICATION, rs.ATTR_NUM_CLIENTS: np.int64(num_clients),
-            rs.ATTR_NUM_HEADS_TOTAL: np.int64(num_heads_total),
+            rs.ATTR_NUM_GROUPS_TOTAL: np.int64(num_groups_total),
         })  # fmt: skip
         for group, columns, values in (
             (rs.GROUP_ROUNDS, rs.ROUND_COLUMNS, rounds),
-            (rs.GROUP_CLIENTS, {**rs.CLIENT_COLUMNS, **rs.CLIENT_HEAD_COLUMNS}, clients),
+            (rs.GROUP_CLIENTS, {**rs.CLIENT_COLUMNS, **rs.CLIENT_GROUP_COLUMNS}, clients),
         ):
             g = f.create_group(group)
             for name, dtype in columns.items():
                 if name in values:
                     data = np.asarray(values[name], dtype=dtype)
                     g.create_dataset(name, data=data, maxshape=(None, *data.shape[1:]), chunks=True)
-        if heads:
-            g = f.create_group(rs.GROUP_HEADS)
-            g.create_dataset("module_names", data=heads["module_names"], dtype=h5py.string_dtype())
-            g.create_dataset("module_kinds", data=heads["module_kinds"], dtype=h5py.string_dtype())
-            g.create_dataset("num_heads", data=np.asarray(heads["num_heads"], np.int32))
+        if groups:
+            g = f.create_group(rs.GROUP_GROUPS)
+            g.create_dataset("family_names", data=groups["family_names"], dtype=h5py.string_dtype())
+            g.create_dataset("family_kinds", data=groups["family_kinds"], dtype=h5py.string_dtype())
+            g.create_dataset("num_groups", data=np.asarray(groups["num_groups"], np.int32))
         if final is not None:
             f.create_dataset(rs.FINAL_TRAINABLE, data=final.astype(np.float32))
     return path
@@ -68,7 +68,7 @@ def _clients(round_client: list[tuple[int, int]], **extra: Any) -> dict[str, lis
     return {
         "round": [r for r, _ in round_client], "client": [c for _, c in round_client], "rank": [c % 2 for _, c in round_client],
         "num_samples": [10] * n, "train_loss": [1.0] * n, "upload_bytes_paper": [100] * n,
-        "upload_bytes_mpi": [120] * n, "seconds": [0.5] * n, "ops": [1e9] * n, **extra,
+        "upload_bytes_mpi": [120] * n, "seconds": [0.5] * n, "ops": [1e9] * n, "sparsity": [0.0] * n, **extra,
     }  # fmt: skip
 
 
@@ -102,11 +102,11 @@ def killed_file(tmp_path: Path) -> Path:
     importance = [[1, 2, 3, 4], [0, 0, 0, 0], [3, 2, 1, 0], [2, 2, 2, 4]]
     importance.append([9, 9, 9, 9])  # a row of round 3, which never finished: ignored
     round_client = [(1, 0), (1, 1), (2, 0), (2, 2), (3, 0)]
-    clients = _clients(round_client, importance=importance, head_mask=np.ones((5, 4), bool))
-    heads = {"module_names": ["layer.0.attn", "layer.1.attn"], "module_kinds": ["attention"] * 2, "num_heads": [2, 2]}
+    clients = _clients(round_client, importance=importance, group_mask=np.ones((5, 4), bool))
+    groups = {"family_names": ["layer.0.attn", "layer.1.attn"], "family_kinds": ["self"] * 2, "num_groups": [2, 2]}
     config = "model: tiny-bert\nstrategy:\n  name: head_pruning\nserver:\n  selection: loss\n"
     return write_result(tmp_path / "killed.h5", rounds, clients, run_name="killed-run", config_yaml=config,
-                        status=rs.STATUS_RUNNING, heads=heads)  # fmt: skip
+                        status=rs.STATUS_RUNNING, groups=groups)  # fmt: skip
 
 
 def test_rounds_to_target_is_first_round_reaching_it_ignoring_nan() -> None:
@@ -137,7 +137,7 @@ def test_summary_of_killed_run_keeps_whole_rows(killed_file: Path) -> None:
     run = analyze.load_run(killed_file)
     assert not run.complete and run.final_trainable is None
     assert {len(a) for a in run.rounds.values()} == {3}
-    assert run.heads["module_names"].tolist() == ["layer.0.attn", "layer.1.attn"]
+    assert run.groups["family_names"].tolist() == ["layer.0.attn", "layer.1.attn"]
     s = analyze.summarize(run)
     assert (s["model"], s["strategy"], s["selection"]) == ("tiny-bert", "head_pruning", "loss")
     assert run.clients["round"].tolist() == [1, 1, 2, 2] and run.clients["importance"].shape == (4, 4)
@@ -157,8 +157,8 @@ def test_importance_matrix_and_client_distance(killed_file: Path) -> None:
     np.testing.assert_allclose(analyze.client_distance(run), expected)
 
 
-def test_importance_needs_heads(complete_file: Path) -> None:
-    with pytest.raises(ValueError, match="no head importance"):
+def test_importance_needs_groups(complete_file: Path) -> None:
+    with pytest.raises(ValueError, match="no group importance"):
         analyze.importance_matrix(analyze.load_run(complete_file))
 
 

@@ -14,7 +14,8 @@ from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
 from fedmpi.accounting import lora_upload_bytes_paper
 from fedmpi.models import LoraSettings, TrainableLayout, build_head_map, wrap_with_lora
-from fedmpi.strategies.head_pruning import num_kept_heads
+from fedmpi.models.groups import GroupFamily, GroupMap
+from fedmpi.strategies.head_pruning import num_kept
 from fedmpi.worker import UploadSizer
 
 MIB = 2**20
@@ -34,7 +35,8 @@ def _adapter_split(config, rank: int) -> tuple[int, int, UploadSizer, int]:
     task = layout.element_task_head_mask()
     adapter_dense = int(((index < 0) & ~task).sum())
     head_elements = int((index >= 0).sum())
-    sizer = UploadSizer(index, task, head_map.num_heads_total)
+    families = tuple(GroupFamily(m.name, m.kind, m.num_heads, m.head_dim) for m in head_map.modules)
+    sizer = UploadSizer(GroupMap(families, index), task)
     return adapter_dense, head_elements, sizer, head_map.num_heads_total
 
 
@@ -57,11 +59,11 @@ def test_paper_communication_figures(config, rank, dense_mib, sparse_mib):
     # What a client really reports: the same count, with whole heads kept (e.g. 14 of 144 on T5-small).
     assert sizer(None) / MIB == dense_mib
     mask = np.zeros(num_heads, dtype=bool)
-    mask[: num_kept_heads(num_heads, 0.9)] = True
+    mask[: num_kept(num_heads, 0.9)] = True
     expected = 4 * (adapter_dense + head_elements * mask.sum() / num_heads)
     assert sizer(mask) == expected
 
 
 def test_t5_small_has_144_heads():
     *_, num_heads = _adapter_split(T5Config(**T5_SMALL), 16)
-    assert num_heads == 144 and num_kept_heads(num_heads, 0.9) == 14
+    assert num_heads == 144 and num_kept(num_heads, 0.9) == 14

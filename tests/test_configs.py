@@ -38,13 +38,14 @@ def test_table1_has_six_cells_that_differ_only_in_strategy_and_selection(scale):
         method, selection = name.removesuffix(".yaml").split("_")[1:]
         assert cfg.server.selection == selection
         s = cfg.strategy
+        if method == "b1":
+            assert s.name == "fedavg"
+            continue
         assert (s.name, s.pruning, s.weighting) == {
-            "b1": ("fedavg", s.pruning, s.weighting),
             "b2": ("head_pruning", "random", "samples"),
             "ours": ("head_pruning", "importance", "importance"),
         }[method]
-        if method != "b1":
-            assert s.sparsity == 0.9 and s.mask_timing == "post_train"
+        assert s.sparsity == 0.9 and s.mask_timing == "post_train"
 
 
 @pytest.mark.parametrize("name", TABLE1_CELLS)
@@ -56,7 +57,8 @@ def test_paper_configs_have_the_papers_settings(name):
     assert (cfg.client.batch_size, cfg.client.lr, cfg.client.num_epochs) == (80, 5e-4, 1)
     assert cfg.data.max_length == 512
     assert cfg.lora.rank == 16 and cfg.lora.target_modules == ("q", "k", "v")
-    assert cfg.strategy.sparsity == 0.9 and cfg.server.eval_every == 1
+    assert cfg.server.eval_every == 1
+    assert cfg.strategy.name == "fedavg" or cfg.strategy.sparsity == 0.9
 
 
 def test_cpu_configs_use_local_data_and_the_packaged_model():

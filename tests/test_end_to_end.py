@@ -40,7 +40,7 @@ def _same(a, b):
             np.testing.assert_array_equal(fa["clients"][col][:], fb["clients"][col][:], err_msg=col)
         if "importance" in fa["clients"]:
             np.testing.assert_array_equal(fa["clients/importance"][:], fb["clients/importance"][:])
-            np.testing.assert_array_equal(fa["clients/head_mask"][:], fb["clients/head_mask"][:])
+            np.testing.assert_array_equal(fa["clients/group_mask"][:], fb["clients/group_mask"][:])
         np.testing.assert_array_equal(fa[S.FINAL_TRAINABLE][:], fb[S.FINAL_TRAINABLE][:])
 
 
@@ -62,8 +62,8 @@ def test_pruning_variants_run_and_record_heads(tmp_path, setting):
     path, _ = _run(tmp_path, setting, SETTINGS[setting], ranks=None)
     run = load_run(path)
     assert run.complete
-    masks = run.clients["head_mask"]
-    assert masks.shape[1] == run.attrs["num_heads_total"] > 0
+    masks = run.clients["group_mask"]
+    assert masks.shape[1] == run.attrs["num_groups_total"] > 0
     kept = masks.sum(axis=1)
     assert np.all(kept == kept[0]) and kept[0] < masks.shape[1]
     dense = run.clients["upload_bytes_paper"]
@@ -101,7 +101,7 @@ def test_generation_on_real_e2e_data(tmp_path):
     run = load_run(path)
     assert run.attrs["metric"] == "rougeL" and run.attrs["task_kind"] == "generation"
     assert np.all(np.isfinite(run.rounds["eval_loss"])) and np.all(run.rounds["eval_metric"] >= 0)
-    assert {"encoder_self", "decoder_self", "cross"} <= set(run.heads["module_kinds"].tolist())
+    assert {"encoder_self", "decoder_self", "cross"} <= set(run.groups["family_kinds"].tolist())
 
 
 def test_submit_local_runs_a_real_job(tmp_path):

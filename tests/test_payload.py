@@ -3,7 +3,10 @@
 import numpy as np
 
 from fedmpi.payload import densify, make_update, pack, unpack
-from fedmpi.strategies.head_pruning import HeadPruning, num_kept_heads, top_heads
+from fedmpi.config import HeadPruningConfig
+from fedmpi.models.groups import GroupFamily, GroupMap
+from fedmpi.strategies import ClientContext
+from fedmpi.strategies.head_pruning import HeadPruning, num_kept, top_groups
 
 HEAD_INDEX = np.array([-1, -1, 0, 0, 1, 1, 2, 2])
 
@@ -35,10 +38,10 @@ def test_pack_unpack_round_trip():
     for a, b in zip(updates, back):
         assert a.client == b.client
         np.testing.assert_array_equal(a.values, b.values)
-        if a.head_mask is None:
-            assert b.head_mask is None
+        if a.group_mask is None:
+            assert b.group_mask is None
         else:
-            np.testing.assert_array_equal(a.head_mask, b.head_mask)
+            np.testing.assert_array_equal(a.group_mask, b.group_mask)
             np.testing.assert_array_equal(a.scores, b.scores)
 
 
@@ -48,16 +51,21 @@ def test_sparser_updates_are_smaller_on_the_wire():
     assert sparse.nbytes < dense.nbytes
 
 
-def test_kept_head_count_and_top_heads():
-    assert num_kept_heads(144, 0.9) == 14  # T5-small at 90% (method-spec)
-    assert num_kept_heads(72, 0.9) == 7
-    assert num_kept_heads(10, 0.99) == 1
-    np.testing.assert_array_equal(top_heads(np.array([0.2, 0.9, 0.5, 0.9]), 2), [False, True, False, True])
+def test_kept_head_count_and_top_groups():
+    assert num_kept(144, 0.9) == 14  # T5-small at 90% (method-spec)
+    assert num_kept(72, 0.9) == 7
+    assert num_kept(10, 0.99) == 1
+    np.testing.assert_array_equal(top_groups(np.array([0.2, 0.9, 0.5, 0.9]), 2), [False, True, False, True])
 
 
 def test_random_pruning_draws_from_rng():
-    s = HeadPruning(num_heads_total=20, sparsity=0.5, pruning="random", weighting="samples")
-    a = s.choose_mask(None, np.random.default_rng(1))
-    b = s.choose_mask(None, np.random.default_rng(1))
+    groups = GroupMap((GroupFamily("attn", "self", 20, 1),), np.arange(20, dtype=np.int32))
+    s = HeadPruning(HeadPruningConfig(sparsity=0.5, pruning="random", weighting="samples"), groups)
+
+    def mask(seed):
+        ctx = ClientContext(client=0, round=1, num_samples=3, rng=np.random.default_rng(seed))
+        return s.upload_mask(ctx, None, s.train_mask(ctx, lambda: None))
+
+    a, b = mask(1), mask(1)
     np.testing.assert_array_equal(a, b)
     assert a.sum() == 10

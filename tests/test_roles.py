@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from fedmpi.evaluation import batch_bounds, combine
+from fedmpi.models.groups import GroupFamily, GroupMap
 from fedmpi.worker import UploadSizer, assign_clients
 
 
@@ -32,9 +33,9 @@ def test_evaluation_batches_reassemble_in_order_whatever_the_rank_count():
 
 
 def test_upload_sizer_counts_adapter_bytes_without_task_head():
-    head_index = np.array([-1, -1, -1, 0, 0, 1, 1, 2, 2])
+    head_index = np.array([-1, -1, -1, 0, 0, 1, 1, 2, 2], dtype=np.int32)
     task_head = np.array([False, False, True] + [False] * 6)  # element 2 is the classifier
-    sizer = UploadSizer(head_index, task_head, 3)
+    sizer = UploadSizer(GroupMap((GroupFamily("attn", "self", 3, 2),), head_index), task_head)
     assert sizer(None) == 4 * (2 + 6)
     assert sizer(np.array([True, False, False])) == 4 * (2 + 2)
 

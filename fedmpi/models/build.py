@@ -32,6 +32,7 @@ from transformers.pytorch_utils import Conv1D
 
 from fedmpi.models import importance  # noqa: F401  (registers the confidence attention)
 from fedmpi.models.arch import arch_spec
+from fedmpi.models.groups import GroupFamily, GroupMap
 from fedmpi.models.heads import HeadMap, build_head_map
 from fedmpi.models.params import TrainableLayout, is_lora_param
 from fedmpi.models.tiny import MINILM_NAME, TINY_NAMES, minilm_dir, packaged_tokenizer, tiny_config
@@ -67,6 +68,12 @@ class ModelBundle:
     head_map: HeadMap
     pad_token_id: int
     eos_token_id: int | None  # EOS, or [SEP] for BERT-style tokenizers without one
+
+    @property
+    def groups(self) -> GroupMap:
+        """The attention heads as parameter groups: one family per attention module."""
+        families = tuple(GroupFamily(m.name, m.kind, m.num_heads, m.head_dim) for m in self.head_map.modules)
+        return GroupMap(families=families, group_index=self.head_map.head_index)
 
 
 def build_model(

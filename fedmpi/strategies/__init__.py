@@ -1,33 +1,27 @@
-"""Federated strategies, one per file, looked up by name in ``STRATEGIES``."""
+"""Federated strategies, one per file, looked up by ``strategy.name`` in ``STRATEGIES``.
+
+Each strategy's config section lives in ``fedmpi.config`` (one member of the
+``StrategyConfig`` union); a test checks that the union and this registry name the same
+strategies.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any
 
-from fedmpi.config import StrategyConfig
-from fedmpi.strategies.base import Strategy
+from fedmpi.models.groups import GroupMap
+from fedmpi.strategies.base import ClientContext, Strategy
 from fedmpi.strategies.fedavg import FedAvg
 from fedmpi.strategies.head_pruning import HeadPruning
 
-STRATEGIES: dict[str, Callable[[StrategyConfig, int], Strategy]] = {
-    "fedavg": lambda cfg, num_heads: FedAvg(),
-    "head_pruning": lambda cfg, num_heads: HeadPruning(
-        num_heads_total=num_heads,
-        sparsity=cfg.sparsity,
-        pruning=cfg.pruning,
-        weighting=cfg.weighting,
-        mask_timing=cfg.mask_timing,
-        eps=cfg.eps,
-    ),
-}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, HeadPruning)}
 
 
-def build_strategy(cfg: StrategyConfig, num_heads_total: int) -> Strategy:
+def build_strategy(cfg: Any, groups: GroupMap) -> Strategy:
+    """The strategy named by ``cfg.name``, built from its section and the run's groups."""
     if cfg.name not in STRATEGIES:
         raise ValueError(f"strategy.name: unknown strategy {cfg.name!r}; known: {sorted(STRATEGIES)}")
-    if cfg.name != "fedavg" and num_heads_total == 0:
-        raise ValueError(f"strategy.name={cfg.name} needs LoRA adapters that map to attention heads")
-    return STRATEGIES[cfg.name](cfg, num_heads_total)
+    return STRATEGIES[cfg.name](cfg, groups)
 
 
-__all__ = ["STRATEGIES", "Strategy", "build_strategy"]
+__all__ = ["STRATEGIES", "ClientContext", "Strategy", "build_strategy"]

@@ -1,31 +1,93 @@
-"""The skeleton every federated strategy shares.
+"""The skeleton every federated strategy shares: client-side hooks, server-side combination, state.
 
-A strategy decides three things: whether clients must measure head importance, which
-heads a client keeps (its upload mask), and how the server combines the updates. The
-round loop calls only these; adding a strategy is one file and one registry line.
+A strategy is built on every rank from its own config section and the run's parameter
+groups (``GroupMap``). On the clients it decides which groups train (before training)
+and which are uploaded (after), given the client's context; on the server (rank 0) it
+combines the round's updates, may broadcast a message with each round's selection, and
+may keep state, which is checkpointed every round and restored bit-exactly on resume.
+The round loop calls only these methods; a new strategy is one file and one registry line.
+Client-side hooks see only the context and the server's message, never server state, so
+a client trains the same way on whichever rank hosts it.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate
 
 
-class Strategy(Protocol):
-    name: str
-    needs_importance: bool  # clients measure head confidence (Eq. 6)
-    mask_timing: str  # "post_train" (Algorithm 1) or "pre_train" (mask before training)
-    sparsity: float  # share of heads pruned; 0 for dense strategies
+@dataclass(frozen=True)
+class ClientContext:
+    """What a strategy knows about the client it is deciding for."""
 
-    def choose_mask(self, scores: np.ndarray | None, rng: np.random.Generator) -> np.ndarray | None:
-        """A client's kept heads (bool per global head), or None to send everything."""
-        ...
+    client: int
+    round: int
+    num_samples: int
+    rng: np.random.Generator  # keyed by (seed, round, client): the strategy's own random draws
+    message: Any = None  # what the server broadcast this round (Strategy.round_message)
 
-    def aggregate(
-        self, global_params: np.ndarray, updates: list[ClientUpdate], head_index: np.ndarray, server_lr: float
-    ) -> np.ndarray:
+
+class Strategy:
+    """Defaults: every group trains and is uploaded, nothing is measured, no server state."""
+
+    name: ClassVar[str]
+    # The measurement clients record while they train, or None: "confidence" is Eq. 6.
+    importance: ClassVar[str | None] = None
+
+    def __init__(self, cfg: Any, groups: GroupMap) -> None:
+        self.cfg = cfg
+        self.groups = groups
+
+    @property
+    def needs_confidence(self) -> bool:
+        """Whether clients ever measure head confidence (Eq. 6), so attention must record it."""
+        return self.importance == "confidence"
+
+    @classmethod
+    def group_map(cls, bundle: Any) -> GroupMap:
+        """The parameter groups this strategy works on, for a built model (``ModelBundle``).
+
+        Default: the attention heads, the paper's groups. A strategy whose groups are
+        something else (transformer blocks, rank triplets) overrides this.
+        """
+        return bundle.groups
+
+    # ---- client side (every rank) ----------------------------------------------------------
+    def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """Groups that train this round (bool per group), or None for all of them.
+
+        ``score()`` measures the received global model's importance on the client's data
+        (forward only), for strategies that choose before training.
+        """
+        return None
+
+    def upload_mask(self, ctx: ClientContext, scores: np.ndarray | None, trained: np.ndarray | None) -> np.ndarray | None:
+        """Groups uploaded after training (bool per group), or None for every element.
+
+        ``scores`` is what the client measured while training (``importance``), ``trained``
+        the mask ``train_mask`` returned.
+        """
+        return trained
+
+    # ---- server side (rank 0) --------------------------------------------------------------
+    def round_message(self, round_: int) -> Any:
+        """Broadcast to every client of ``round_`` with the selection (None: nothing)."""
+        return None
+
+    def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
         """The next global trainable vector from updates given in client id order."""
-        ...
+        raise NotImplementedError
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Server state to checkpoint after every round (arrays only, restored bit-exactly)."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if state:
+            raise ValueError(f"strategy {self.name} keeps no state, but the checkpoint has {sorted(state)}")

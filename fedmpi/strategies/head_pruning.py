@@ -2,66 +2,82 @@
 
 Each client keeps the top (1 - sparsity) share of its heads by confidence (Eq. 7; one
 threshold over all of its heads), or a uniformly random share of them (B2); pruned heads'
-B slices are not uploaded. The server combines each head over the clients that kept it,
-weighted by their importance scores (Eq. 8) or by their sample counts (B2's FedAvg), and
-everything no head owns by Eq. 5.
+slices are not uploaded. With ``mask_timing=pre_train`` the client scores the received
+model first and trains only the kept heads; with ``post_train`` (Algorithm 1's order) it
+trains everything and chooses from this round's scores. The server combines each head
+over the clients that kept it, weighted by their importance scores (Eq. 8) or by their
+sample counts (B2's FedAvg), and everything no head owns by Eq. 5.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 
-from fedmpi.aggregation import headwise
+from fedmpi.aggregation import groupwise
+from fedmpi.config import HeadPruningConfig
+from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate, densify
+from fedmpi.strategies.base import ClientContext, Strategy
 
 
-def num_kept_heads(num_heads: int, sparsity: float) -> int:
-    """Heads a client keeps: round(H * (1 - sparsity)), at least one (144 at 90% -> 14)."""
-    return max(1, int(round(num_heads * (1.0 - sparsity))))
+def num_kept(num_groups: int, sparsity: float) -> int:
+    """Groups a client keeps: round(G * (1 - sparsity)), at least one (144 heads at 90% -> 14)."""
+    return max(1, int(round(num_groups * (1.0 - sparsity))))
 
 
-def top_heads(scores: np.ndarray, num_kept: int) -> np.ndarray:
-    """Mask of the ``num_kept`` highest scores; ties go to the lower head id (stable sort)."""
+def top_groups(scores: np.ndarray, kept: int) -> np.ndarray:
+    """Mask of the ``kept`` highest scores; ties go to the lower group id (stable sort)."""
     order = np.argsort(-scores, kind="stable")
     mask = np.zeros(scores.shape[0], dtype=bool)
-    mask[order[:num_kept]] = True
+    mask[order[:kept]] = True
     return mask
 
 
-@dataclass(frozen=True)
-class HeadPruning:
-    num_heads_total: int
-    sparsity: float = 0.9
-    pruning: str = "importance"  # "importance" (Eq. 7) | "random" (B2)
-    weighting: str = "importance"  # "importance" (Eq. 8) | "samples"
-    mask_timing: str = "post_train"
-    eps: float = 1e-8
-    name: str = "head_pruning"
+class HeadPruning(Strategy):
+    name = "head_pruning"
+    cfg: HeadPruningConfig
+
+    def __init__(self, cfg: HeadPruningConfig, groups: GroupMap) -> None:
+        if groups.num_groups == 0:
+            raise ValueError("strategy.name=head_pruning needs trainable parameters that map to attention heads")
+        super().__init__(cfg, groups)
+        self.num_kept = num_kept(groups.num_groups, cfg.sparsity)
 
     @property
-    def needs_importance(self) -> bool:
-        return self.pruning == "importance"
+    def importance(self) -> str | None:  # type: ignore[override]
+        """Confidence is recorded while training only when the mask is chosen after it."""
+        return "confidence" if self.cfg.pruning == "importance" and self.cfg.mask_timing == "post_train" else None
 
-    def choose_mask(self, scores: np.ndarray | None, rng: np.random.Generator) -> np.ndarray | None:
-        kept = num_kept_heads(self.num_heads_total, self.sparsity)
-        if self.pruning == "random":
-            mask = np.zeros(self.num_heads_total, dtype=bool)
-            mask[rng.choice(self.num_heads_total, size=kept, replace=False)] = True
+    @property
+    def needs_confidence(self) -> bool:
+        return self.cfg.pruning == "importance"  # while training (post_train) or of the received model (pre_train)
+
+    def _choose(self, ctx: ClientContext, scores: np.ndarray | None) -> np.ndarray:
+        if self.cfg.pruning == "random":
+            mask = np.zeros(self.groups.num_groups, dtype=bool)
+            mask[ctx.rng.choice(self.groups.num_groups, size=self.num_kept, replace=False)] = True
             return mask
         if scores is None:
             raise ValueError("importance pruning needs the client's head scores")
-        return top_heads(scores, kept)
+        return top_groups(scores, self.num_kept)
 
-    def aggregate(
-        self, global_params: np.ndarray, updates: list[ClientUpdate], head_index: np.ndarray, server_lr: float
-    ) -> np.ndarray:
+    def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
+        if self.cfg.mask_timing == "post_train":
+            return None
+        return self._choose(ctx, score() if self.cfg.pruning == "importance" else None)
+
+    def upload_mask(self, ctx: ClientContext, scores: np.ndarray | None, trained: np.ndarray | None) -> np.ndarray | None:
+        return trained if self.cfg.mask_timing == "pre_train" else self._choose(ctx, scores)
+
+    def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
         num_samples = np.array([u.num_samples for u in updates], dtype=np.float64)
-        masks = np.stack([u.head_mask for u in updates]).astype(np.float64)
-        if self.weighting == "importance":
-            head_weights = np.stack([u.scores for u in updates]).astype(np.float64) * masks
+        masks = np.stack([u.group_mask for u in updates]).astype(np.float64)
+        if self.cfg.weighting == "importance":
+            group_weights = np.stack([u.scores for u in updates]).astype(np.float64) * masks
         else:
-            head_weights = masks * num_samples[:, None]
-        deltas = [densify(u, head_index) for u in updates]
-        return headwise(global_params, deltas, num_samples, head_weights, head_index, server_lr, self.eps)
+            group_weights = masks * num_samples[:, None]
+        index = self.groups.group_index
+        deltas = [densify(u, index) for u in updates]
+        return groupwise(params, deltas, num_samples, group_weights, index, server_lr, self.cfg.eps)
