@@ -14,24 +14,19 @@ the files with fedmpi.analyze (no torch, no MPI) and writes table.md / table.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
-import shutil
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `python experiments/table1.py` from a checkout without an install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import (  # noqa: E402
+    REPO, Job, is_complete, markdown_table, mean_std, paired, paired_cell, pm, run_sweep, write_csv,
+)
 
-from fedmpi.analyze import ResultFileError, format_table, load_run, summarize  # noqa: E402
+from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
 
 METHODS = ("b1", "b2", "ours")  # table order, as in the paper
 SELECTIONS = ("random", "loss")
@@ -41,71 +36,9 @@ METHOD_LABELS = {"b1": "B1 FedAvg", "b2": "B2 FedAvg + random pruning", "ours": 
 DEFAULT_TARGET = {"paper": 0.70, "cpu": 0.35}
 
 
-@dataclass(frozen=True)
-class Job:
-    method: str
-    selection: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"table1_{self.method}_{self.selection}-s{self.seed}"
-
-    def config(self, scale: str) -> Path:
-        return REPO / "configs" / scale / f"table1_{self.method}_{self.selection}.yaml"
-
-
-# --- running -------------------------------------------------------------------------------------
-
-
-def is_complete(path: Path) -> bool:
-    try:
-        return load_run(path).complete
-    except ResultFileError:
-        return False
-
-
-def launch_command(job: Job, args: argparse.Namespace) -> list[str]:
-    """argv of one run; later overrides win, so --overrides can replace the thread count too."""
-    cmd = [sys.executable, "-m", "fedmpi.launch", "--config", str(job.config(args.scale)), f"seed={job.seed}",
-           f"output.dir={args.output_dir}", f"output.name={job.name}", "output.overwrite=true"]
-    if args.jobs > 1:  # concurrent runs share the cores instead of each taking all of them
-        cmd.append(f"runtime.num_threads={max(1, (os.cpu_count() or 1) // (args.jobs * args.ranks))}")
-    cmd += args.overrides
-    if args.ranks > 1:
-        mpiexec = Path(sys.executable).parent / "mpiexec"
-        cmd = [str(mpiexec) if mpiexec.exists() else (shutil.which("mpiexec") or "mpiexec"), "-n", str(args.ranks), *cmd]
-    return cmd
-
-
-def run_one(job: Job, args: argparse.Namespace, counter: str) -> bool:
-    """Run one (cell, seed) unless its complete result exists; print one progress line. True if it succeeded."""
-    path = args.output_dir / f"{job.name}.h5"
-    if is_complete(path):
-        print(f"{counter} {job.name}: complete result exists, skipped", flush=True)
-        return True
-    log = path.with_suffix(".log")
-    start = time.perf_counter()
-    with log.open("w") as out:
-        code = subprocess.call(launch_command(job, args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    seconds = time.perf_counter() - start
-    if code != 0 or not is_complete(path):
-        print(f"{counter} {job.name}: FAILED (exit {code}) after {seconds:.0f} s; see {log}", flush=True)
-        return False
-    s = summarize(load_run(path), args.target)
-    print(f"{counter} {job.name}: done in {seconds:.0f} s, final {s['final_metric']:.4f}, "
-          f"best {s['best_metric']:.4f}, rounds to {args.target:g}: {s['rounds_to_target']}", flush=True)
-    return True
-
-
-def run_sweep(jobs: list[Job], args: argparse.Namespace) -> int:
-    """Run the jobs, ``args.jobs`` at a time, in (seed, cell) order; returns the number that failed."""
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    counters = [f"[{i + 1}/{len(jobs)}]" for i in range(len(jobs))]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        ok = list(pool.map(lambda jc: run_one(jc[0], args, jc[1]), zip(jobs, counters)))
-    return ok.count(False)
+def cell_job(method: str, selection: str, seed: int, scale: str) -> Job:
+    return Job(f"table1_{method}_{selection}-s{seed}", REPO / "configs" / scale / f"table1_{method}_{selection}.yaml",
+               (f"seed={seed}",), {"method": method, "selection": selection, "seed": seed})
 
 
 # --- the table (pure: per-run summaries in, rows out) --------------------------------------------
@@ -139,14 +72,6 @@ def run_summary(path: Path, target: float) -> dict[str, Any]:
         # The median: on a shared machine a few rounds can stall (other jobs), which would drag a mean.
         "seconds_per_round": float(np.median(run.rounds["seconds"][training])) if training.any() else math.nan,
     }
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean and sample standard deviation (ddof=1; NaN for one value) of the non-NaN values, and their count."""
-    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
 
 
 def _rounds(r: int | None) -> float:
@@ -184,18 +109,12 @@ def paired_differences(summaries: Sequence[dict[str, Any]]) -> list[dict[str, An
             continue
         row: dict[str, Any] = {"comparison": label, "num_seeds": len(seeds)}
         for key in ("final", "best", "rounds_to_target"):
-            diffs = [_rounds(by_key[(*a, s)][key]) - _rounds(by_key[(*b, s)][key]) if key == "rounds_to_target"
-                     else by_key[(*a, s)][key] - by_key[(*b, s)][key] for s in seeds]
-            row[key], row[f"{key}_sd"], row[f"{key}_n"] = mean_std(diffs)
+            side = {k: {s: _rounds(by_key[(*k, s)][key]) if key == "rounds_to_target" else by_key[(*k, s)][key]
+                        for s in seeds} for k in (a, b)}
+            row[key] = paired(side[a], side[b])
         row["wins"] = sum(by_key[(*a, s)]["final"] > by_key[(*b, s)]["final"] for s in seeds)
         out.append(row)
     return out
-
-
-def _pm(mean: float, sd: float, scale: float = 1.0, digits: int = 2) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean * scale:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd * scale:.{digits}f}")
 
 
 TABLE_HEADER = ["method", "CS", "seeds", "final acc %", "best acc %", "rounds to target", "sparsity",
@@ -206,37 +125,31 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     """The formatted cells of the main table, one list per row of cell_rows()."""
     out = []
     for r in rows:
-        reached = _pm(r["rounds_to_target"], r["rounds_to_target_sd"], digits=1)
+        reached = pm(r["rounds_to_target"], r["rounds_to_target_sd"], digits=1)
         if r["num_reached"] < r["num_seeds"]:
             reached += f" ({r['num_reached']}/{r['num_seeds']} reached)"
-        out.append([METHOD_LABELS[r["method"]], r["selection"], str(r["num_seeds"]), _pm(r["final"], r["final_sd"], 100),
-                    _pm(r["best"], r["best_sd"], 100), reached, f"{r['sparsity']:.0%}", f"{r['upload_mib']:.3f}",
-                    _pm(r["seconds_per_round"], r["seconds_per_round_sd"], digits=1)])
+        out.append([METHOD_LABELS[r["method"]], r["selection"], str(r["num_seeds"]), pm(r["final"], r["final_sd"], 100),
+                    pm(r["best"], r["best_sd"], 100), reached, f"{r['sparsity']:.0%}", f"{r['upload_mib']:.3f}",
+                    pm(r["seconds_per_round"], r["seconds_per_round_sd"], digits=1)])
     return out
 
 
-COMPARISON_HEADER = ["comparison", "seeds", "Δ final acc (pts)", "Δ best acc (pts)", "Δ rounds to target", "final: A > B"]
+COMPARISON_HEADER = ["comparison", "seeds", "Δ final acc (pts) [95% CI]", "Δ best acc (pts) [95% CI]",
+                     "Δ rounds to target", "final: A > B"]
 
 
 def comparison_cells(diffs: Sequence[dict[str, Any]]) -> list[list[str]]:
-    return [[d["comparison"], str(d["num_seeds"]), _pm(d["final"], d["final_sd"], 100), _pm(d["best"], d["best_sd"], 100),
-             _pm(d["rounds_to_target"], d["rounds_to_target_sd"], digits=1) + f" (n={d['rounds_to_target_n']})",
-             f"{d['wins']}/{d['num_seeds']} seeds"] for d in diffs]
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return [[d["comparison"], str(d["num_seeds"]), paired_cell(d["final"], 100), paired_cell(d["best"], 100),
+             paired_cell(d["rounds_to_target"], digits=1), f"{d['wins']}/{d['num_seeds']} seeds"] for d in diffs]
 
 
 def write_outputs(out_dir: Path, summaries: list[dict[str, Any]], rows: list[dict[str, Any]],
                   diffs: list[dict[str, Any]], target: float) -> None:
-    for name, records in (("runs.csv", summaries), ("table.csv", rows), ("comparisons.csv", diffs)):
-        if records:
-            with (out_dir / name).open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(records[0]))
-                writer.writeheader()
-                writer.writerows(records)
+    flat_diffs = [{"comparison": d["comparison"], "num_seeds": d["num_seeds"], "wins": d["wins"],
+                   **{f"{k}_{f}": getattr(d[k], f) for k in ("final", "best", "rounds_to_target") for f in ("mean", "sd", "num")}}
+                  for d in diffs]
+    for name, records in (("runs.csv", summaries), ("table.csv", rows), ("comparisons.csv", flat_diffs)):
+        write_csv(out_dir / name, records)
     text = (f"# Table 1 (mean ± sd over seeds; rounds to accuracy >= {target:g})\n\n"
             f"{markdown_table(TABLE_HEADER, table_cells(rows))}\n\n"
             f"## Paired differences (A - B, same seed)\n\n{markdown_table(COMPARISON_HEADER, comparison_cells(diffs))}\n")
@@ -265,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--ranks and --jobs must be >= 1")
     args.output_dir = (args.output_dir or REPO / "results" / "table1" / args.scale).resolve()
     args.target = DEFAULT_TARGET[args.scale] if args.target is None else args.target
-    jobs = [Job(m, sel, seed) for seed in args.seeds for m in METHODS for sel in SELECTIONS]
-    failed = 0 if args.table_only else run_sweep(jobs, args)
+    jobs = [cell_job(m, sel, seed, args.scale) for seed in args.seeds for m in METHODS for sel in SELECTIONS]
+    failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, ranks=args.ranks, parallel=args.jobs,
+                                                 overrides=args.overrides)
     paths = [args.output_dir / f"{job.name}.h5" for job in jobs]
     summaries = [run_summary(p, args.target) for p in paths if is_complete(p)]
     if not summaries:

@@ -124,13 +124,15 @@ def test_paired_differences_by_hand():
     ours_b2 = diffs["Ours - B2 (random selection)"]
     assert ours_b2["num_seeds"] == 2
     # per-seed final differences +0.05 and +0.20: mean 0.125, sd |0.15| / sqrt(2)
-    assert ours_b2["final"] == pytest.approx(0.125)
-    assert ours_b2["final_sd"] == pytest.approx(0.15 / math.sqrt(2))
-    assert ours_b2["rounds_to_target"] == pytest.approx(-2.0) and ours_b2["rounds_to_target_n"] == 1
+    assert ours_b2["final"].mean == pytest.approx(0.125)
+    assert ours_b2["final"].sd == pytest.approx(0.15 / math.sqrt(2))
+    # t(0.975, df=1) = 12.706: 0.125 -+ 12.706 * 0.1061 / sqrt(2)
+    assert ours_b2["final"].ci == pytest.approx((0.125 - 12.7062 * 0.075, 0.125 + 12.7062 * 0.075), rel=1e-4)
+    assert ours_b2["rounds_to_target"].mean == pytest.approx(-2.0) and ours_b2["rounds_to_target"].num == 1
     assert ours_b2["wins"] == 2
     loss_b1 = diffs["loss - random (B1 FedAvg)"]
-    assert loss_b1["final"] == pytest.approx(-0.05) and loss_b1["best"] == pytest.approx(-0.10)
-    assert loss_b1["rounds_to_target"] == 0.0 and loss_b1["wins"] == 0
+    assert loss_b1["final"].mean == pytest.approx(-0.05) and loss_b1["best"].mean == pytest.approx(-0.10)
+    assert loss_b1["rounds_to_target"].mean == 0.0 and loss_b1["wins"] == 0
     assert "Ours - B2 (loss selection)" not in diffs  # no runs of that pair
 
 

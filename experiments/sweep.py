@@ -1,0 +1,164 @@
+"""What every experiment script shares: running a list of fedmpi runs, and the statistics of their results.
+
+A ``Job`` is one ``python -m fedmpi.launch`` run (a config file plus overrides) writing
+<output-dir>/<name>.h5 and a .log beside it. ``run_sweep`` runs jobs a few at a time and skips
+those whose complete result file exists, so an interrupted sweep resumes where it stopped.
+The statistics are pure: per-seed values in, mean, spread and paired differences with a
+t-based 95% confidence interval out.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python experiments/x.py` from a checkout without an install
+
+from fedmpi.analyze import ResultFileError, load_run, summarize  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # the result file's stem
+    config: Path | None  # a YAML file, or None for the embedded default
+    overrides: tuple[str, ...] = ()
+    labels: dict[str, Any] = field(default_factory=dict, compare=False)  # what the tables group by
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        return load_run(path).complete
+    except ResultFileError:
+        return False
+
+
+def launch_command(job: Job, output_dir: Path, *, ranks: int = 1, threads: int | None = None,
+                   overrides: Sequence[str] = ()) -> list[str]:
+    """argv of one run; the sweep's overrides come last, so they win."""
+    cmd = [sys.executable, "-m", "fedmpi.launch"]
+    if job.config is not None:
+        cmd += ["--config", str(job.config)]
+    cmd += [*job.overrides, f"output.dir={output_dir}", f"output.name={job.name}", "output.overwrite=true"]
+    if threads is not None:
+        cmd.append(f"runtime.num_threads={threads}")
+    cmd += list(overrides)
+    if ranks > 1:
+        mpiexec = Path(sys.executable).parent / "mpiexec"
+        cmd = [str(mpiexec) if mpiexec.exists() else (shutil.which("mpiexec") or "mpiexec"), "-n", str(ranks), *cmd]
+    return cmd
+
+
+def run_sweep(jobs: Sequence[Job], output_dir: Path, *, ranks: int = 1, parallel: int = 1,
+              overrides: Sequence[str] = (), describe: Callable[[Path], str] | None = None) -> int:
+    """Run ``jobs`` (``parallel`` at a time, each with cores / (parallel * ranks) threads); returns how many failed."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // (parallel * ranks)) if parallel > 1 else None
+
+    def one(i: int, job: Job) -> bool:
+        counter, path = f"[{i + 1}/{len(jobs)}]", output_dir / f"{job.name}.h5"
+        if is_complete(path):
+            print(f"{counter} {job.name}: complete result exists, skipped", flush=True)
+            return True
+        start = time.perf_counter()
+        with path.with_suffix(".log").open("w") as log:
+            code = subprocess.call(launch_command(job, output_dir, ranks=ranks, threads=threads, overrides=overrides),
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        seconds = time.perf_counter() - start
+        if code != 0 or not is_complete(path):
+            print(f"{counter} {job.name}: FAILED (exit {code}) after {seconds:.0f} s; see {path.with_suffix('.log')}", flush=True)
+            return False
+        s = summarize(load_run(path))
+        extra = f", {describe(path)}" if describe else ""
+        print(f"{counter} {job.name}: done in {seconds:.0f} s, final {s['final_metric']:.4f}, best {s['best_metric']:.4f}{extra}",
+              flush=True)
+        return True
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        ok = list(pool.map(lambda ij: one(*ij), enumerate(jobs)))
+    return ok.count(False)
+
+
+# --- statistics (pure) ---------------------------------------------------------------------------
+
+
+def finite(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean and sample standard deviation (ddof=1; NaN for one value) of the non-NaN values, and their count."""
+    v = finite(values)
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
+
+
+def confidence_interval(values: Sequence[float | None], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for the mean of ``values`` (NaN, NaN with fewer than two)."""
+    v = finite(values)
+    if v.size < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, df=v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A - B over the seeds both sides have: mean, sd, 95% CI, how many seeds, how often A > B."""
+
+    mean: float
+    sd: float
+    ci: tuple[float, float]
+    num: int
+    wins: int
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
+    """Per-seed differences a[s] - b[s] over the seeds in both (NaN on either side drops the seed)."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds if not (math.isnan(a[s]) or math.isnan(b[s]))]
+    mean, sd, num = mean_std(diffs)
+    return Paired(mean, sd, confidence_interval(diffs), num, sum(d > 0 for d in diffs))
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def pm(mean: float, sd: float, scale: float = 1.0, digits: int = 2) -> str:
+    """``12.34 ± 0.56`` (just the mean when sd is NaN, ``-`` when the mean is)."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean * scale:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd * scale:.{digits}f}")
+
+
+def paired_cell(p: Paired, scale: float = 1.0, digits: int = 2) -> str:
+    """``-3.10 ± 1.20 [-5.9, -0.3] (n=3)``: mean ± sd, the 95% CI, the number of seeds."""
+    ci = "" if math.isnan(p.ci[0]) else f" [{p.ci[0] * scale:.{digits}f}, {p.ci[1] * scale:.{digits}f}]"
+    return f"{pm(p.mean, p.sd, scale, digits)}{ci} (n={p.num})"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    if records:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
