@@ -1,0 +1,119 @@
+"""Paper Table 3 at CPU scale: every PEFT method under B1 (FedAvg) and the paper's method, over seeds.
+
+MiniLM on the local 20 Newsgroups copy (the CPU Table 1 setting, configs/cpu/table1_b1_random.yaml)
+with ``peft.method`` = lora (ranks 16, 8, 4), ia3, prefix (P-tuning v2), prompt and full. "Ours" is
+head pruning with importance and Eq. 8 at 90% sparsity (IA3: 50%, as in the paper). Per cell: final
+and best accuracy, upload per client-round (paper convention), measured seconds per client-round,
+and the paired difference Ours - B1 over the same seeds with a 95% CI.
+
+    python experiments/table3.py --seeds 0 1 2 [--methods lora16 ia3] [--overrides server.num_rounds=8]
+    python experiments/table3.py --seeds 0 1 2 --table-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import REPO, Job, is_complete, markdown_table, mean_std, paired, paired_cell, pm, run_sweep, write_csv  # noqa: E402
+
+from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
+
+BASE = REPO / "configs" / "cpu" / "table1_b1_random.yaml"
+# Table 3's rows: (label, peft overrides, sparsity of "Ours").
+METHODS: dict[str, tuple[tuple[str, ...], float]] = {
+    "lora16": (("peft.method=lora", "peft.lora.rank=16"), 0.9),
+    "lora8": (("peft.method=lora", "peft.lora.rank=8"), 0.9),
+    "lora4": (("peft.method=lora", "peft.lora.rank=4"), 0.9),
+    "ia3": (("peft.method=ia3",), 0.5),
+    "prefix": (("peft.method=prefix",), 0.9),
+    "prompt": (("peft.method=prompt",), 0.9),
+    "full": (("peft.method=full",), 0.9),
+}
+STRATEGIES = ("b1", "ours")
+
+
+def cell_job(method: str, strategy: str, seed: int) -> Job:
+    peft, sparsity = METHODS[method]
+    strategy_overrides = ("strategy.name=fedavg",) if strategy == "b1" else (
+        "strategy.name=head_pruning", "strategy.pruning=importance", "strategy.weighting=importance",
+        f"strategy.sparsity={sparsity}")
+    return Job(f"table3_{method}_{strategy}-s{seed}", BASE, (*peft, *strategy_overrides, f"seed={seed}"),
+               {"method": method, "strategy": strategy, "seed": seed})
+
+
+def run_summary(job: Job, path: Path) -> dict[str, Any]:
+    run = load_run(path)
+    s = summarize(run)
+    clients = run.clients
+    return {**job.labels, "final": s["final_metric"], "best": s["best_metric"],
+            "upload_mib": float(np.mean(clients["upload_bytes_paper"])) / 2**20 if len(clients["round"]) else math.nan,
+            "client_seconds": float(np.median(clients["seconds"])) if len(clients["round"]) else math.nan,
+            "sparsity": float(np.mean(clients["sparsity"])) if len(clients["round"]) else math.nan}
+
+
+HEADER = ["PEFT", "strategy", "seeds", "final acc %", "best acc %", "upload MiB/client-round", "s/client-round (median)",
+          "realised sparsity"]
+PAIRED_HEADER = ["PEFT", "Ours - B1: Δ final (pts) [95% CI]", "Δ best (pts) [95% CI]", "upload ratio Ours/B1",
+                 "seconds ratio Ours/B1"]
+
+
+def tables(summaries: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[list[str]]]:
+    rows, pairs = [], []
+    for method in METHODS:
+        cells = {st: [s for s in summaries if s["method"] == method and s["strategy"] == st] for st in STRATEGIES}
+        for st, runs in cells.items():
+            if runs:
+                stat = {k: mean_std([r[k] for r in runs]) for k in ("final", "best", "upload_mib", "client_seconds", "sparsity")}
+                rows.append([method, st, str(len(runs)), pm(*stat["final"][:2], 100), pm(*stat["best"][:2], 100),
+                             f"{stat['upload_mib'][0]:.4f}", pm(*stat["client_seconds"][:2], digits=3),
+                             f"{stat['sparsity'][0]:.0%}"])
+        if cells["b1"] and cells["ours"]:
+            by = {st: {r["seed"]: r for r in runs} for st, runs in cells.items()}
+            diff = {k: paired({s: r[k] for s, r in by["ours"].items()}, {s: r[k] for s, r in by["b1"].items()})
+                    for k in ("final", "best")}
+            ratio = {k: mean_std([r[k] for r in cells["ours"]])[0] / mean_std([r[k] for r in cells["b1"]])[0]
+                     for k in ("upload_mib", "client_seconds")}
+            pairs.append([method, paired_cell(diff["final"], 100), paired_cell(diff["best"], 100),
+                          f"{ratio['upload_mib']:.3f}", f"{ratio['client_seconds']:.3f}"])
+    return rows, pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python experiments/table3.py", description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--overrides", nargs="*", default=[], metavar="key.sub=value", help="passed to every run")
+    p.add_argument("--ranks", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--output-dir", type=Path, default=REPO / "results" / "table3")
+    p.add_argument("--table-only", action="store_true")
+    args = p.parse_args(argv)
+    jobs = [cell_job(m, st, seed) for seed in args.seeds for m in args.methods for st in STRATEGIES]
+    failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, ranks=args.ranks, parallel=args.jobs,
+                                                 overrides=args.overrides)
+    summaries = [run_summary(j, args.output_dir / f"{j.name}.h5") for j in jobs if is_complete(args.output_dir / f"{j.name}.h5")]
+    if not summaries:
+        print(f"no complete result files in {args.output_dir}")
+        return 1
+    rows, pairs = tables(summaries)
+    write_csv(args.output_dir / "runs.csv", summaries)
+    (args.output_dir / "table.md").write_text(
+        f"# Table 3 at CPU scale (mean ± sd over seeds)\n\n{markdown_table(HEADER, rows)}\n\n"
+        f"## Ours - B1, paired by seed\n\n{markdown_table(PAIRED_HEADER, pairs)}\n")
+    print(f"\nTable 3, CPU scale ({len(summaries)}/{len(jobs)} runs; MiniLM, 20 Newsgroups; mean ± sd over seeds)")
+    print(format_table(rows, HEADER))
+    print("\nOurs - B1, paired by seed (mean ± sd [95% CI] (n))")
+    print(format_table(pairs, PAIRED_HEADER))
+    print(f"\nwritten: {args.output_dir}/table.md, runs.csv")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
