@@ -32,11 +32,12 @@ class OutputConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = "embedded"  # embedded | jsonl | 20newsgroups | e2e_nlg | multinli | xlsum
-    path: str | None = None  # local folder for 20newsgroups / e2e_nlg (hub when None)
+    source: str = "embedded"  # embedded | jsonl | 20newsgroups | e2e_nlg | multinli | sick | xlsum
+    path: str | None = None  # local folder for 20newsgroups / e2e_nlg / multinli / sick / xlsum (hub when None)
     train_file: str | None = None  # jsonl source
     eval_file: str | None = None
     input_field: str = "text"
+    pair_field: str | None = None  # jsonl: second text of a sentence pair (e.g. the NLI hypothesis)
     label_field: str = "label"
     target_field: str | None = None  # set for generation from jsonl
     strip_headers: bool = True

@@ -71,7 +71,7 @@ def _load_task(cfg: Config) -> TaskData:
     d = cfg.data
     return load_task(
         d.source, path=d.path, train_file=d.train_file, eval_file=d.eval_file, input_field=d.input_field,
-        label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
+        pair_field=d.pair_field, label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
         max_eval_samples=d.max_eval_samples, strip_headers=d.strip_headers, num_train=d.num_train, num_eval=d.num_eval,
     )  # fmt: skip
 
