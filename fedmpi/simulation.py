@@ -116,7 +116,8 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     if strategy.needs_confidence:
         use_confidence_attention(bundle.model)
         confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
-    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length)
+    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length,
+                   causal_lm=bundle.causal_lm)
     train = tokenize_split(task.train, bundle.tokenizer, **lengths)
     evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
     trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence, groups=strategy.groups)
