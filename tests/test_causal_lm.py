@@ -169,4 +169,4 @@ def test_gpt2_generation_on_real_e2e_end_to_end(tmp_path):
     assert run.rounds["eval_loss"][-1] < run.rounds["eval_loss"][0]  # it learns the targets
     importance = run.clients["importance"]
     assert importance.shape[1] == 8 and np.all(np.isfinite(importance))
-    assert np.all(run.clients["head_mask"].sum(axis=1) == 4)
+    assert np.all(run.clients["group_mask"].sum(axis=1) == 4)
