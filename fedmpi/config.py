@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedmpi.selection import SELECTIONS
 
 
 class ConfigError(ValueError):
@@ -30,11 +32,12 @@ class OutputConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = "embedded"  # embedded | jsonl | 20newsgroups | e2e_nlg | multinli | xlsum
-    path: str | None = None  # local folder for 20newsgroups / e2e_nlg (hub when None)
+    source: str = "embedded"  # embedded | jsonl | 20newsgroups | e2e_nlg | multinli | sick | xlsum
+    path: str | None = None  # local folder for 20newsgroups / e2e_nlg / multinli / sick / xlsum (hub when None)
     train_file: str | None = None  # jsonl source
     eval_file: str | None = None
     input_field: str = "text"
+    pair_field: str | None = None  # jsonl: second text of a sentence pair (e.g. the NLI hypothesis)
     label_field: str = "label"
     target_field: str | None = None  # set for generation from jsonl
     strip_headers: bool = True
@@ -72,10 +75,17 @@ class ServerConfig(_Section):
     num_rounds: int = Field(5, ge=1)
     num_clients_per_round: int = Field(10, ge=1)
     lr: float = Field(1.0, gt=0)  # eta of Eq. 5 / Eq. 8
-    selection: Literal["random", "loss"] = "random"
+    selection: str = "random"  # a name in fedmpi.selection.SELECTIONS: random | loss | cyclic
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
+
+    @field_validator("selection")
+    @classmethod
+    def _known_selection(cls, name: str) -> str:
+        if name not in SELECTIONS:
+            raise ValueError(f"unknown selection rule {name!r}; known: {', '.join(sorted(SELECTIONS))}")
+        return name
 
 
 class FedAvgConfig(_Section):

@@ -16,6 +16,7 @@ import numpy as np
 from fedmpi.evaluation import EvalResult
 from fedmpi.payload import ClientUpdate, realised_sparsity
 from fedmpi.results import ResultWriter
+from fedmpi.results_schema import ROUND_METRIC_COLUMNS
 
 MIB = 2**20
 
@@ -69,6 +70,8 @@ class Progress:
                     "eval_metric": metric, "global_loss": eval_loss, "upload_bytes_paper": paper_bytes,
                     "mpi_bytes": mpi_bytes, "seconds": seconds, "sparsity": sparsity,
                     "ops": float(sum(u.ops for u in updates)),
+                    **{column: (evaluated.metrics.get(name, math.nan) if evaluated else math.nan)
+                       for column, name in ROUND_METRIC_COLUMNS.items()},
                 }
             )  # fmt: skip
         self.total_paper_bytes += paper_bytes
@@ -81,7 +84,8 @@ class Progress:
         else:
             parts.append("initial model")
         if evaluated:
-            parts += [f"eval loss {eval_loss:.4f}", f"{self.metric_name} {metric:.4f}"]
+            parts.append(f"eval loss {eval_loss:.4f}")
+            parts += [f"{name} {value:.4f}" for name, value in (evaluated.metrics or {self.metric_name: metric}).items()]
         if updates:
             parts.append(f"upload {paper_bytes / len(updates) / MIB:.3f} MiB/client")
         parts.append(f"{seconds:.1f} s")

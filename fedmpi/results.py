@@ -119,6 +119,8 @@ class ResultWriter:
         rounds = self._file.create_group(S.GROUP_ROUNDS)
         for name, dtype in S.ROUND_COLUMNS.items():
             _column(rounds, name, dtype)
+        for name in S.ROUND_METRIC_COLUMNS:
+            _column(rounds, name, "float64")
         clients = self._file.create_group(S.GROUP_CLIENTS)
         for name, dtype in S.CLIENT_COLUMNS.items():
             _column(clients, name, dtype)

@@ -32,7 +32,11 @@ STATUSES = (STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED)
 
 METRIC_ACCURACY = "accuracy"
 METRIC_ROUGE_L = "rougeL"
-METRICS = (METRIC_ACCURACY, METRIC_ROUGE_L)
+METRICS = (METRIC_ACCURACY, METRIC_ROUGE_L)  # the run's metric (eval_metric)
+# What a generation task reports (rouge-score's names, F1): the run's metric first.
+METRIC_ROUGE_1 = "rouge1"
+METRIC_ROUGE_2 = "rouge2"
+GENERATION_METRICS = (METRIC_ROUGE_L, METRIC_ROUGE_1, METRIC_ROUGE_2)
 
 TASK_CLASSIFICATION = "classification"
 TASK_GENERATION = "generation"
@@ -53,6 +57,13 @@ ROUND_COLUMNS: dict[str, str] = {
     "seconds": "float64",  # wall time of the round
     "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
     "ops": "float64",  # analytic OPs summed over the round's clients
+}
+# Further /rounds columns (float64) of metrics beside eval_metric: column -> metric name. NaN
+# where the task does not report the metric (classification) or the round was not evaluated.
+# Written by every run; files from before they existed lack them, so readers do not require them.
+ROUND_METRIC_COLUMNS: dict[str, str] = {
+    "eval_rouge1": METRIC_ROUGE_1,
+    "eval_rouge2": METRIC_ROUGE_2,
 }
 
 # --- /clients: one row per (round, client) participation; 1-D resizable datasets, plus the

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmpi import seeding
 from fedmpi.config import ServerConfig
 from fedmpi.payload import ClientUpdate
 from fedmpi.results import ServerState
-from fedmpi.selection import select_by_loss, select_random
+from fedmpi.selection import SelectionInput, select
 from fedmpi.strategies import Strategy
 
 
@@ -41,11 +40,8 @@ class Server:
         self.strategy.load_state(state.strategy)
 
     def select(self, round_: int) -> np.ndarray:
-        rng = seeding.rng(self.seed, seeding.SELECT, round_)
-        k = self.cfg.num_clients_per_round
-        if self.cfg.selection == "loss":
-            return select_by_loss(self.last_loss, self.global_loss, k, rng)
-        return select_random(self.last_loss.shape[0], k, rng)
+        state = SelectionInput(round_, self.cfg.num_clients_per_round, self.last_loss, self.global_loss, self.seed)
+        return select(self.cfg.selection, state)
 
     def apply(self, updates: list[ClientUpdate]) -> None:
         """Combine one round's updates (in client id order) into the global vector."""

@@ -71,7 +71,7 @@ def _load_task(cfg: Config) -> TaskData:
     d = cfg.data
     return load_task(
         d.source, path=d.path, train_file=d.train_file, eval_file=d.eval_file, input_field=d.input_field,
-        label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
+        pair_field=d.pair_field, label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
         max_eval_samples=d.max_eval_samples, strip_headers=d.strip_headers, num_train=d.num_train, num_eval=d.num_eval,
     )  # fmt: skip
 
@@ -116,7 +116,8 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     if strategy.needs_confidence:
         use_confidence_attention(bundle.model)
         confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
-    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length)
+    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length,
+                   causal_lm=bundle.causal_lm)
     train = tokenize_split(task.train, bundle.tokenizer, **lengths)
     evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
     trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence, groups=strategy.groups)

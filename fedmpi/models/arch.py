@@ -22,6 +22,7 @@ class ArchSpec:
     task_head: tuple[str, ...]  # modules of a sequence-classification head (peft modules_to_save)
     fan_in_fan_out: bool = False  # GPT-2's Conv1D stores weights as (in, out)
     encoder_decoder: bool = False
+    decoder_only: bool = False  # generates as a causal LM (encoder-only models cannot generate)
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -32,7 +33,7 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec("roberta", ("query", "key", "value"), ("classifier",)),  # a RobertaClassificationHead
         ArchSpec("t5", ("q", "k", "v"), ("classification_head",), encoder_decoder=True),
         ArchSpec("bart", ("q_proj", "k_proj", "v_proj"), ("classification_head",), encoder_decoder=True),
-        ArchSpec("gpt2", ("c_attn",), ("score",), fan_in_fan_out=True),
+        ArchSpec("gpt2", ("c_attn",), ("score",), fan_in_fan_out=True, decoder_only=True),
     )
 }
 

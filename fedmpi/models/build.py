@@ -3,7 +3,9 @@
 ``build_model`` resolves a model name (the packaged ``minilm``, a ``tiny-*`` architecture,
 or a Hugging Face name / local path), wraps it with peft LoRA on the q, k, v projections
 (method-spec "LoRA placement"), checks that exactly LoRA A/B and the task head train, and
-returns the model with its flat-vector layout and head map. Every random initialisation
+returns the model with its flat-vector layout and head map. Generation loads a seq2seq model
+for an encoder-decoder config (T5, BART) and a causal LM for a decoder-only one (GPT-2);
+``MODEL_KINDS`` lists the three kinds. Every random initialisation
 (tiny backbone, task head, LoRA A) happens after ``torch.manual_seed(seed)``, so equal
 seeds give bit-identical models on every rank.
 """
@@ -20,6 +22,7 @@ from huggingface_hub import constants as hub_constants
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -39,6 +42,14 @@ from fedmpi.models.tiny import MINILM_NAME, TINY_NAMES, minilm_dir, packaged_tok
 
 KINDS = ("classification", "generation")
 T = TypeVar("T")
+
+# What the backbone is, given the task: the Auto class that loads it and peft's task type.
+# Generation picks seq2seq for encoder-decoder configs and causal_lm for decoder-only ones.
+MODEL_KINDS: dict[str, tuple[type, TaskType]] = {
+    "classification": (AutoModelForSequenceClassification, TaskType.SEQ_CLS),
+    "seq2seq": (AutoModelForSeq2SeqLM, TaskType.SEQ_2_SEQ_LM),
+    "causal_lm": (AutoModelForCausalLM, TaskType.CAUSAL_LM),
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,12 @@ class ModelBundle:
     head_map: HeadMap
     pad_token_id: int
     eos_token_id: int | None  # EOS, or [SEP] for BERT-style tokenizers without one
+    model_kind: str = "classification"  # a key of MODEL_KINDS
+
+    @property
+    def causal_lm(self) -> bool:
+        """Generation with a decoder-only model: prompt and target are one sequence."""
+        return self.model_kind == "causal_lm"
 
     @property
     def groups(self) -> GroupMap:
@@ -90,7 +107,7 @@ def build_model(
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
     if kind == "classification" and (num_labels is None or num_labels < 1):
         raise ValueError(f"a classification model needs num_labels >= 1, got {num_labels}")
-    tokenizer, backbone = _load_backbone(name, kind=kind, num_labels=num_labels, seed=seed)
+    tokenizer, backbone, model_kind = _load_backbone(name, kind=kind, num_labels=num_labels, seed=seed)
     if tokenizer.pad_token is None:
         # GPT-2 and friends have no pad token: pad with EOS, so batches and the classifier's
         # "last non-pad token" lookup work.
@@ -100,7 +117,7 @@ def build_model(
     if backbone.config.pad_token_id is None:
         backbone.config.pad_token_id = tokenizer.pad_token_id
     set_attention(backbone, attn_implementation)
-    model = wrap_with_lora(backbone, kind=kind, lora=lora, seed=seed)
+    model = wrap_with_lora(backbone, kind=kind, lora=lora, seed=seed, task_type=MODEL_KINDS[model_kind][1])
     model.float().train()
     layout = TrainableLayout.from_model(model)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
@@ -112,6 +129,7 @@ def build_model(
         head_map=build_head_map(model, layout),
         pad_token_id=int(tokenizer.pad_token_id),
         eos_token_id=None if eos is None else int(eos),
+        model_kind=model_kind,
     )
 
 
@@ -124,7 +142,9 @@ def set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
     hf_model.set_attn_implementation(attn_implementation)
 
 
-def wrap_with_lora(backbone: PreTrainedModel, *, kind: str, lora: LoraSettings, seed: int) -> PeftModel:
+def wrap_with_lora(
+    backbone: PreTrainedModel, *, kind: str, lora: LoraSettings, seed: int, task_type: TaskType | None = None
+) -> PeftModel:
     """Wrap ``backbone`` with LoRA; the classification head (if any) trains in full."""
     model_type = backbone.config.model_type
     spec = arch_spec(model_type)
@@ -138,7 +158,7 @@ def wrap_with_lora(backbone: PreTrainedModel, *, kind: str, lora: LoraSettings, 
     fan_in_fan_out = any(leaf_types.get(t) is Conv1D for t in targets)
     task_head = list(spec.task_head) if (spec and kind == "classification") else None
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if kind == "classification" else TaskType.SEQ_2_SEQ_LM,
+        task_type=task_type or (TaskType.SEQ_CLS if kind == "classification" else TaskType.SEQ_2_SEQ_LM),
         r=lora.rank,
         lora_alpha=lora.resolved_alpha,
         lora_dropout=lora.dropout,
@@ -176,28 +196,28 @@ def _check_trainable(model: PeftModel, *, kind: str, task_head: list[str] | None
 
 def _load_backbone(
     name: str, *, kind: str, num_labels: int | None, seed: int
-) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, str]:
+    """Tokenizer, backbone and its model kind (a key of MODEL_KINDS)."""
     if name in TINY_NAMES:
         tokenizer = packaged_tokenizer()
         config = tiny_config(name.removeprefix("tiny-"), tokenizer)
         if name != "tiny-bert":
             # Only BERT has token types; the others' forward() rejects or misuses token_type_ids.
             tokenizer.model_input_names = ["input_ids", "attention_mask"]
-        _check_kind(name, config, kind)
-        auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForSeq2SeqLM
+        model_kind = _model_kind(name, config, kind)
         if kind == "classification":
             config.num_labels = num_labels
         torch.manual_seed(seed)
-        return tokenizer, auto.from_config(config)
+        return tokenizer, MODEL_KINDS[model_kind][0].from_config(config), model_kind
     path = str(minilm_dir()) if name == MINILM_NAME else name
     tokenizer = _load_pretrained(path, lambda p, **kw: AutoTokenizer.from_pretrained(p, **kw))
     config = _load_pretrained(path, lambda p, **kw: AutoConfig.from_pretrained(p, **kw))
-    _check_kind(name, config, kind)
+    model_kind = _model_kind(name, config, kind)
     extra = {"num_labels": num_labels} if kind == "classification" else {}
-    auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForSeq2SeqLM
+    auto = MODEL_KINDS[model_kind][0]
     torch.manual_seed(seed)  # the task head is freshly initialised
     model = _load_pretrained(path, lambda p, **kw: auto.from_pretrained(p, dtype=torch.float32, **extra, **kw))
-    return tokenizer, model
+    return tokenizer, model, model_kind
 
 
 def _load_pretrained(name: str, load: Callable[..., T]) -> T:
@@ -220,8 +240,16 @@ def _load_pretrained(name: str, load: Callable[..., T]) -> T:
     ) from error
 
 
-def _check_kind(name: str, config: PretrainedConfig, kind: str) -> None:
-    if kind == "generation" and not getattr(config, "is_encoder_decoder", False):
+def _model_kind(name: str, config: PretrainedConfig, kind: str) -> str:
+    """classification stays classification; generation is seq2seq or causal_lm by the config."""
+    if kind == "classification":
+        return "classification"
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    spec = arch_spec(config.model_type)
+    if spec is not None and not spec.decoder_only:
         raise ValueError(
-            f"kind 'generation' needs an encoder-decoder model (T5, BART); {name!r} is {config.model_type!r}"
+            f"kind 'generation' needs an encoder-decoder (T5, BART) or a decoder-only (GPT-2) model; "
+            f"{name!r} is the encoder-only {config.model_type!r}"
         )
+    return "causal_lm"  # any other Hugging Face architecture: loaded as a causal LM
