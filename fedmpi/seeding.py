@@ -19,6 +19,7 @@ SELECT = "select"
 SHUFFLE = "shuffle"
 DROPOUT = "dropout"
 PRUNE = "prune"
+DEVICES = "devices"  # which device class each client owns
 
 
 def _key(purpose: str) -> int:

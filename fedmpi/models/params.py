@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-_LORA_MARKERS = ("lora_A", "lora_B")
+_LORA_MARKERS = ("lora_A", "lora_B", "lora_E")  # lora_E: AdaLoRA's singular values
 
 
 def is_lora_param(name: str) -> bool:
-    """True for a LoRA A or B weight (or bias) under peft's naming."""
+    """True for a LoRA A or B weight (or bias), or an AdaLoRA E, under peft's naming."""
     return any(f".{marker}." in name for marker in _LORA_MARKERS)
 
 
