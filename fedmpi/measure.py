@@ -34,6 +34,7 @@ class Usage:
     seconds: float
     peak_memory_bytes: float  # CUDA: max allocated; CPU: peak RSS inside the window (see the module doc)
     memory_source: str  # "cuda_max_allocated" | "cpu_peak_rss"
+    start_memory_bytes: float  # the same figure when the window opened (CUDA: allocated; CPU: RSS)
     saved_activation_bytes: int  # largest bytes autograd kept for backward over one forward
 
 
@@ -95,8 +96,10 @@ class ClientRoundMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._sampler = None
+            self._start_memory = float(torch.cuda.memory_allocated(self.device))
         else:
             self._sampler = _RssSampler(self.interval_s)
+            self._start_memory = float(self._sampler.peak)
             self._sampler.start()
         self._start = time.perf_counter()
         return self
@@ -112,4 +115,4 @@ class ClientRoundMeter:
             peak, source = float(torch.cuda.max_memory_allocated(self.device)), "cuda_max_allocated"
         else:
             peak, source = float(self._sampler.finish()), "cpu_peak_rss"
-        self.usage = Usage(seconds, peak, source, self._max_saved)
+        self.usage = Usage(seconds, peak, source, self._start_memory, self._max_saved)
