@@ -1,0 +1,85 @@
+"""Layer finetuning under device budgets (arXiv 2411.07826; `../shared/notes/platform.md` section 2).
+
+Groups are the model's transformer blocks. A client trains the last n_c blocks plus the task
+head, n_c the largest that fits its device class's memory, FLOPs and upload budgets
+(``fedmpi.budgets``), and uploads exactly what it trained. Frozen blocks get no gradient;
+their parameters are frozen, and since the embeddings are frozen too nothing before the first
+trained block requires grad, so autograd keeps no activations there and runs no backward
+(measured by ``benchmarks/layer_finetuning.py``). The server averages each block over the
+clients that trained it, weighted by |D_c|; a block no client trained keeps its value; the
+task head (no group) is FedAvg'd over everyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmpi.budgets import LayerPlan, ModelSizes, TrainingShape, trainable_blocks
+from fedmpi.devices import DeviceClass
+
+UNLIMITED = DeviceClass(name="unlimited")
+
+
+def last_blocks_mask(num_blocks_total: int, num_trained: int) -> np.ndarray:
+    """Bool per block: True for the last ``num_trained``."""
+    mask = np.zeros(num_blocks_total, dtype=bool)
+    mask[num_blocks_total - num_trained :] = True
+    return mask
+
+
+def blockwise_average(
+    global_params: np.ndarray,
+    deltas: list[np.ndarray],
+    num_samples: np.ndarray,
+    group_masks: np.ndarray,
+    group_index: np.ndarray,
+    server_lr: float,
+) -> np.ndarray:
+    """Each group's elements += eta * sum_c |D_c| d_c / sum_c |D_c| over the clients c that sent the group;
+    a group nobody sent is unchanged; elements of no group (-1) take FedAvg over all clients (Eq. 5).
+
+    Float64, clients in the order given, so the result does not depend on how they were spread.
+    """
+    weights = np.asarray(num_samples, dtype=np.float64)
+    masks = np.asarray(group_masks, dtype=bool)
+    per_group = masks * weights[:, None]  # (clients, groups)
+    element_weights = np.concatenate([per_group, weights[:, None]], axis=1)[:, group_index]  # -1 -> all clients
+    total = np.zeros(global_params.shape, dtype=np.float64)
+    norm = np.zeros(global_params.shape, dtype=np.float64)
+    for c, delta in enumerate(deltas):
+        total += element_weights[c] * delta
+        norm += element_weights[c]
+    out = global_params.astype(np.float64)
+    sent = norm > 0
+    out[sent] += server_lr * total[sent] / norm[sent]
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BlockBudgets:
+    """Per client, the plan its device class allows: n_c and the analytic costs it planned with."""
+
+    sizes: ModelSizes
+    shape: TrainingShape
+    classes: tuple[DeviceClass, ...]  # empty: every client unlimited
+    client_class: np.ndarray | None  # class index per client (None: unlimited)
+    num_epochs: int
+
+    def device_of(self, client: int) -> DeviceClass:
+        return UNLIMITED if self.client_class is None else self.classes[int(self.client_class[client])]
+
+    def plan_for(self, client: int, num_samples: int) -> LayerPlan:
+        return trainable_blocks(self.sizes, self.shape, self.device_of(client), num_samples * self.num_epochs)
+
+    def check_every_class(self, reference_samples: int) -> dict[str, int]:
+        """n per class at ``reference_samples`` samples (raises ``BudgetError`` naming a class that cannot run)."""
+        classes = self.classes or (UNLIMITED,)
+        return {
+            d.name: trainable_blocks(self.sizes, self.shape, d, reference_samples * self.num_epochs).num_blocks
+            for d in classes
+        }
+
+    def train_mask(self, client: int, num_samples: int) -> np.ndarray:
+        return last_blocks_mask(self.sizes.num_blocks, self.plan_for(client, num_samples).num_blocks)
