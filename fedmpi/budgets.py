@@ -15,11 +15,14 @@ gradient tracking. For each n the plan counts, in ``dtype_bytes`` per element:
   mask (2 a s^2). The frozen prefix keeps nothing (no-grad), its transient one-block working
   set and the task head's activations (b x h) are left out;
 - **FLOPs** per training sample = forward through every block and the head
-  + backward (2x forward: input and weight gradients) through the n trained blocks and the
-  head; a block's forward is ``2 s P_block + 4 s^2 h`` (2 FLOPs per weight per token, plus
-  scores and mixing), the head's ``2 P_head`` (it sees one pooled vector). Per round: times
-  the samples a client sees (``num_samples * num_epochs``);
-- **upload** = the trained blocks' and the task head's weights.
+  + backward through the n trained blocks and the head. A block's forward is
+  ``2 s P_block + 4 s^2 h`` (2 FLOPs per weight per token, plus attention scores and mixing);
+  its backward ``2 s P_block + 8 s^2 h`` for the input gradients plus ``2 s T_block`` for the
+  weight gradients of its T_block trainable weights (full blocks: T = P, so 2x forward; the
+  LoRA variant: T = its adapters). The head's forward is ``2 P_head`` (one pooled vector),
+  its backward twice that. Per round: times the samples a client sees
+  (``num_samples * num_epochs``);
+- **upload** = the trained blocks' trainable weights and the task head's.
 
 The largest n in [0, L] whose three figures fit the device class's budgets is its n; if even
 n = 0 (head only) does not fit, ``BudgetError`` names the class and the budget that fails.
@@ -48,6 +51,11 @@ class ModelSizes:
     d_model: int  # h
     d_ff: int  # f
     num_heads: int  # a
+    block_trainable: tuple[int, ...] | None = None  # trainable weights per block when trained; None: all of it
+
+    @property
+    def trainable_per_block(self) -> tuple[int, ...]:
+        return self.block_params if self.block_trainable is None else self.block_trainable
 
     @property
     def num_blocks(self) -> int:
@@ -88,12 +96,21 @@ def block_forward_flops(sizes: ModelSizes, shape: TrainingShape) -> np.ndarray:
     return np.array([2 * s * p + 4 * s * s * sizes.d_model for p in sizes.block_params], dtype=np.float64)
 
 
+def block_backward_flops(sizes: ModelSizes, shape: TrainingShape) -> np.ndarray:
+    """FLOPs of each block's backward for one sample: 2 s P_block + 8 s^2 h + 2 s T_block."""
+    s = shape.seq_len
+    return np.array(
+        [2 * s * p + 8 * s * s * sizes.d_model + 2 * s * t for p, t in zip(sizes.block_params, sizes.trainable_per_block)],
+        dtype=np.float64,
+    )
+
+
 def plan(sizes: ModelSizes, shape: TrainingShape, num_blocks: int, samples_per_round: int) -> LayerPlan:
     """Memory, FLOPs per round and upload of training the last ``num_blocks`` blocks and the head."""
     if not 0 <= num_blocks <= sizes.num_blocks:
         raise ValueError(f"num_blocks must lie in [0, {sizes.num_blocks}], got {num_blocks}")
     first = sizes.num_blocks - num_blocks
-    trainable = sum(sizes.block_params[first:]) + sizes.head_params
+    trainable = sum(sizes.trainable_per_block[first:]) + sizes.head_params
     elements = (
         sizes.total_params
         + trainable * (1 + shape.num_optimizer_states)
@@ -101,7 +118,8 @@ def plan(sizes: ModelSizes, shape: TrainingShape, num_blocks: int, samples_per_r
     )
     forward = block_forward_flops(sizes, shape)
     head_forward = 2.0 * sizes.head_params
-    per_sample = forward.sum() + head_forward + 2.0 * (forward[first:].sum() + head_forward)
+    backward = block_backward_flops(sizes, shape)[first:].sum() + 2.0 * head_forward
+    per_sample = forward.sum() + head_forward + backward
     return LayerPlan(
         num_blocks=num_blocks,
         memory_bytes=float(elements * shape.dtype_bytes),

@@ -81,3 +81,12 @@ def test_sizes_and_block_groups_of_tiny_models():
         "transformer.encoder.block.0", "transformer.encoder.block.1",
         "transformer.decoder.block.0", "transformer.decoder.block.1",
     ]
+
+
+def test_lora_variant_counts_only_adapters_as_trained():
+    lora = ModelSizes(block_params=(100, 100), head_params=10, other_params=50, d_model=4, d_ff=8, num_heads=2,
+                      block_trainable=(6, 6))
+    p = plan(lora, SHAPE, 1, 1)
+    # memory (260 + (6 + 10) * 3 + 360) * 4 = 668 * 4 = 2672; upload (6 + 10) * 4 = 64.
+    # FLOPs: forward 1488 + 20; backward of one block 2*3*100 + 8*9*4 + 2*3*6 = 924, of the head 40.
+    assert (p.memory_bytes, p.upload_bytes, p.flops) == (2672, 64, 1508 + 924 + 40)

@@ -46,14 +46,17 @@ def _block_of(name: str, prefixes: list[str]) -> int:
 
 def model_sizes(model: nn.Module, task_head_names: list[str], hf_config) -> ModelSizes:
     """``ModelSizes`` of ``model``: every parameter is a block's, the task head's (any name containing
-    ``.<head>.``) or other (never trained)."""
+    ``.<head>.``) or other (never trained). A block's trainable weights are those with
+    ``requires_grad`` (all of a bare backbone's; only the adapters of a LoRA-wrapped one)."""
     prefixes = block_prefixes(model)
     block_params = [0] * len(prefixes)
+    block_trainable = [0] * len(prefixes)
     head = other = 0
     for name, p in model.named_parameters():
         i = _block_of(name, prefixes)
         if i >= 0:
             block_params[i] += p.numel()
+            block_trainable[i] += p.numel() if p.requires_grad else 0
         elif any(f".{h}." in f".{name}" for h in task_head_names):
             head += p.numel()
         else:
@@ -66,6 +69,7 @@ def model_sizes(model: nn.Module, task_head_names: list[str], hf_config) -> Mode
         d_model=dims.d_model,
         d_ff=dims.d_ff or 4 * dims.d_model,
         num_heads=dims.num_heads,
+        block_trainable=None if block_trainable == block_params else tuple(block_trainable),
     )
 
 
