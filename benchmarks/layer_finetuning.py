@@ -31,7 +31,7 @@ import torch
 from fedmpi.budgets import TrainingShape, plan
 from fedmpi.measure import ClientRoundMeter
 from fedmpi.models.arch import arch_spec
-from fedmpi.models.blocks import block_prefixes, model_sizes
+from fedmpi.models.blocks import block_prefixes, model_sizes, train_last_blocks
 from fedmpi.models.build import _load_backbone
 from fedmpi.models.params import TrainableLayout
 from fedmpi.models.svd_adapters import (
@@ -74,11 +74,10 @@ def run_layer_variant(args, num_blocks: int) -> dict:
     _, model = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
     head = list(arch_spec(model.config.model_type).task_head)
     prefixes = block_prefixes(model)
-    trained = prefixes[len(prefixes) - num_blocks :]
-    for name, p in model.named_parameters():
-        p.requires_grad_(any(name.startswith(f"{t}.") for t in trained) or any(f".{h}." in f".{name}" for h in head))
+    train_last_blocks(model, num_blocks, head)
     params = [p for p in model.parameters() if p.requires_grad]
     measured = _train(model, params, _batches(model.config.vocab_size, args.steps, args.batch_size, args.seq_len))
+    train_last_blocks(model, len(prefixes), head)  # sizes of full blocks (model_sizes reads requires_grad)
     sizes = model_sizes(model, head, model.config)
     planned = plan(sizes, TrainingShape(args.batch_size, args.seq_len), num_blocks, args.steps * args.batch_size)
     return {**measured, "num_blocks": num_blocks, "of": len(prefixes), "planned_memory_bytes": planned.memory_bytes,

@@ -80,3 +80,19 @@ def block_groups(model: nn.Module, layout: TrainableLayout) -> GroupMap:
     per_param = np.array([_block_of(n, prefixes) for n in layout.names], dtype=np.int32)
     family = GroupFamily(name=BLOCKS_FAMILY, kind="block", num_groups=len(prefixes))
     return GroupMap(families=(family,), group_index=np.repeat(per_param, sizes))
+
+
+def train_last_blocks(model: nn.Module, num_blocks: int, task_head_names: list[str]) -> None:
+    """``requires_grad`` True exactly for the last ``num_blocks`` blocks and the task head.
+
+    Everything before the first trained block is then frozen, embeddings included, so no
+    tensor there requires grad: autograd records nothing, keeps no activations and runs no
+    backward for the prefix (``tests/test_measure.py`` measures it).
+    """
+    prefixes = block_prefixes(model)
+    if not 0 <= num_blocks <= len(prefixes):
+        raise ValueError(f"num_blocks must lie in [0, {len(prefixes)}], got {num_blocks}")
+    trained = prefixes[len(prefixes) - num_blocks :]
+    for name, p in model.named_parameters():
+        in_trained = any(name.startswith(f"{t}.") for t in trained)
+        p.requires_grad_(in_trained or any(f".{h}." in f".{name}" for h in task_head_names))
