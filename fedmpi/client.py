@@ -25,7 +25,9 @@ from fedmpi import seeding
 from fedmpi.config import ClientConfig
 from fedmpi.data import TokenizedSplit, collate
 from fedmpi.models import HeadConfidence, ModelBundle
+from fedmpi.measure import ClientRoundMeter, Usage
 from fedmpi.models.groups import GroupMap
+from fedmpi.strategies.base import LocalHooks
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class LocalResult:
     train_loss: float  # sample-weighted mean loss of the last local epoch
     seconds: float
     scores: np.ndarray | None  # head importance (Eq. 6), when recorded
+    usage: Usage | None = None  # measured seconds, peak memory and saved activations of the training
 
 
 class LocalTrainer:
@@ -104,8 +107,13 @@ class LocalTrainer:
         *,
         record_importance: bool,
         trained_groups: np.ndarray | None = None,
+        hooks: LocalHooks | None = None,
     ) -> LocalResult:
-        """Train one client from the global vector; only ``trained_groups`` train (None: all)."""
+        """Train one client from the global vector; only ``trained_groups`` train (None: all).
+
+        ``hooks`` (the strategy's) wrap the local epochs and see every step after the masked backward.
+        """
+        hooks = hooks or LocalHooks()
         start = time.perf_counter()
         layout = self.bundle.layout
         layout.set_flat(self.model, torch.from_numpy(global_params))
@@ -126,30 +134,33 @@ class LocalTrainer:
         for p in frozen:
             p.requires_grad_(False)
         self.model.train()
+        meter = ClientRoundMeter(self.model, self.device)
         try:
-            for epoch in range(self.cfg.num_epochs):
-                last_epoch = epoch == self.cfg.num_epochs - 1
-                loss_sum, seen = 0.0, 0
-                for batch in self._batches(indices, shuffle):
-                    # Importance is measured in the last epoch only: Algorithm 1 scores the model the
-                    # client uploads, and one epoch is the paper's setting.
-                    recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
-                    with recording:
-                        loss = self.model(**batch).loss
-                    loss.backward()
-                    with torch.no_grad():
-                        for param, mask in partial:
-                            param.grad.mul_(mask)
-                            if decay:
-                                param.mul_(1.0 - lr * decay * mask)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    n = batch["input_ids"].shape[0]
-                    loss_sum += float(loss.detach()) * n
-                    seen += n
+            with hooks, meter:
+                for epoch in range(self.cfg.num_epochs):
+                    last_epoch = epoch == self.cfg.num_epochs - 1
+                    loss_sum, seen = 0.0, 0
+                    for batch in self._batches(indices, shuffle):
+                        # Importance is measured in the last epoch only: Algorithm 1 scores the model the
+                        # client uploads, and one epoch is the paper's setting.
+                        recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
+                        with recording:
+                            loss = self.model(**batch).loss
+                        loss.backward()
+                        with torch.no_grad():
+                            for param, mask in partial:
+                                param.grad.mul_(mask)
+                                if decay:
+                                    param.mul_(1.0 - lr * decay * mask)
+                        hooks.after_backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        n = batch["input_ids"].shape[0]
+                        loss_sum += float(loss.detach()) * n
+                        seen += n
         finally:
             for p in frozen:
                 p.requires_grad_(True)
         delta = layout.get_flat(self.model).cpu().numpy() - global_params
-        scores = self.confidence.scores() if record_importance else None
-        return LocalResult(delta, loss_sum / max(seen, 1), time.perf_counter() - start, scores)
+        scores = self.confidence.scores() if record_importance else hooks.scores()
+        return LocalResult(delta, loss_sum / max(seen, 1), time.perf_counter() - start, scores, meter.usage)

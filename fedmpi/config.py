@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedmpi.selection import SELECTIONS
 
+from fedmpi.devices import DevicesConfig
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the offending key."""
@@ -114,8 +116,37 @@ class HeadPruningConfig(_Section):
         return self
 
 
+class LayerFinetuningConfig(_Section):
+    """Layer finetuning (arXiv 2411.07826): each client trains the last n_c blocks its ``devices`` budgets allow."""
+
+    name: Literal["layer_finetuning"] = "layer_finetuning"
+    variant: Literal["blocks", "lora"] = "blocks"  # whole blocks (the paper) or only their LoRA adapters
+    dtype_bytes: int = Field(4, ge=1)  # bytes per weight, gradient, optimizer state and activation
+
+
+class FedAraConfig(_Section):
+    """FedARA (arXiv 2501.14406): SVD adapters, a shrinking global rank budget, rank-0 modules pruned."""
+
+    name: Literal["fedara"] = "fedara"
+    initial_rank: int = Field(12, ge=1)  # r0 per module
+    target_rank: float = Field(8.0, ge=0)  # mean rank per module at the end: b_T = modules x target_rank
+    warmup_rounds: int | None = Field(None, ge=0)  # t_i; None: 10% of server.num_rounds
+    final_rounds: int | None = Field(None, ge=0)  # t_f; None: 20% of server.num_rounds
+    orth_reg_weight: float = Field(0.5, ge=0)  # gamma of the orthogonality penalty (peft's form)
+    beta1: float = Field(0.85, gt=0, lt=1)  # sensitivity smoothing
+    beta2: float = Field(0.85, gt=0, lt=1)  # uncertainty smoothing
+
+    @model_validator(mode="after")
+    def _target_below_initial(self) -> FedAraConfig:
+        if self.target_rank > self.initial_rank:
+            raise ValueError(f"strategy.target_rank ({self.target_rank}) must not exceed strategy.initial_rank ({self.initial_rank})")
+        return self
+
+
 # One section per strategy, told apart by ``name`` (fedmpi.strategies.STRATEGIES has the classes).
-StrategyConfig = Annotated[FedAvgConfig | HeadPruningConfig, Field(discriminator="name")]
+StrategyConfig = Annotated[
+    FedAvgConfig | HeadPruningConfig | LayerFinetuningConfig | FedAraConfig, Field(discriminator="name")
+]
 
 
 class RuntimeConfig(_Section):
@@ -133,6 +164,7 @@ class Config(_Section):
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
     strategy: StrategyConfig = FedAvgConfig()
+    devices: DevicesConfig = DevicesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmpi.evaluation import EvalResult
-from fedmpi.payload import ClientUpdate, realised_sparsity
+from fedmpi.payload import COST_FIELDS, ClientUpdate, realised_sparsity
 from fedmpi.results import ResultWriter
 from fedmpi.results_schema import ROUND_METRIC_COLUMNS
 
@@ -104,6 +104,7 @@ class Progress:
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],
             "sparsity": [realised_sparsity(u.group_mask) for u in updates],
+            **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},
         }
         if writer.num_groups:
             n = writer.num_groups

@@ -80,6 +80,15 @@ CLIENT_COLUMNS: dict[str, str] = {
     "seconds": "float64",
     "ops": "float64",
     "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
+    # Measured per client-round (fedmpi.measure): CUDA max allocated or CPU peak RSS; bytes autograd kept.
+    "peak_memory_bytes": "float64",
+    "saved_activation_bytes": "int64",
+    # The device budget it had (index into the config's devices.classes; -1: none) and what the
+    # strategy planned with (NaN where it plans nothing): layer finetuning's fedmpi.budgets figures.
+    "device_class": "int32",
+    "planned_memory_bytes": "float64",
+    "planned_flops": "float64",
+    "planned_upload_bytes": "float64",
 }
 CLIENT_GROUP_COLUMNS: dict[str, str] = {
     "importance": "float32",  # per group; NaN where the strategy measures none

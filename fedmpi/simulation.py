@@ -29,7 +29,8 @@ from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
 from fedmpi.server import Server
-from fedmpi.strategies import STRATEGIES, build_strategy
+from fedmpi.models.arch import arch_spec
+from fedmpi.strategies import STRATEGIES, RunInfo, build_strategy
 from fedmpi.worker import Worker, assign_clients
 
 
@@ -81,9 +82,15 @@ def _build_model(cfg: Config, task: TaskData, device: torch.device) -> ModelBund
     bundle = build_model(
         cfg.model.name, kind=task.kind, num_labels=task.num_labels, lora=lora,
         seed=seeding.torch_seed(cfg.seed, seeding.INIT), attn_implementation=cfg.model.attn_implementation,
+        method=STRATEGIES[cfg.strategy.name].peft_method(cfg.strategy, cfg.lora),
     )  # fmt: skip
     bundle.model.to(device)
     return bundle
+
+
+def _task_head(bundle: ModelBundle, kind: str) -> tuple[str, ...]:
+    spec = arch_spec(bundle.model.config.model_type)
+    return tuple(spec.task_head) if (spec and kind == "classification") else ()
 
 
 def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
@@ -96,12 +103,19 @@ def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
 
 
 def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float]:
-    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity."""
+    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity.
+
+    NaN where its rules do not apply: another architecture, adapters other than head-pruned
+    LoRA (layer finetuning's and FedARA's planned or measured costs are recorded instead), or
+    a client that uploaded no group at all.
+    """
     try:
-        dims = accounting.attention_dims(bundle.model.get_base_model().config)
+        dims = accounting.attention_dims(bundle.model.config)
     except ValueError:  # an architecture the paper's OPs rules do not cover
         return lambda sparsity: float("nan")
-    return lambda sparsity: accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity)
+    if not STRATEGIES[cfg.strategy.name].paper_ops:
+        return lambda sparsity: float("nan")
+    return lambda sparsity: accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity) if sparsity < 1 else float("nan")
 
 
 def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
@@ -111,7 +125,12 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     task = _load_task(cfg)
     progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
     bundle = _build_model(cfg, task, device)
-    strategy = build_strategy(cfg.strategy, STRATEGIES[cfg.strategy.name].group_map(bundle))
+    run = RunInfo(
+        seed=cfg.seed, num_rounds=cfg.server.num_rounds, num_clients=cfg.data.num_clients,
+        batch_size=cfg.client.batch_size, num_epochs=cfg.client.num_epochs, max_length=cfg.data.max_length,
+        devices=cfg.devices, model=bundle.model, task_head=_task_head(bundle, task.kind),
+    )  # fmt: skip
+    strategy = build_strategy(cfg.strategy, STRATEGIES[cfg.strategy.name].group_map(bundle), run)
     confidence = None
     if strategy.needs_confidence:
         use_confidence_attention(bundle.model)

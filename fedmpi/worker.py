@@ -8,6 +8,8 @@ records the importance the strategy asks for.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -80,8 +82,9 @@ class Worker:
 
         trained = strategy.train_mask(ctx, score)
         result = trainer.train(
-            indices, params, round_, client, record_importance=strategy.importance == "confidence", trained_groups=trained
-        )
+            indices, params, round_, client, record_importance=strategy.importance == "confidence", trained_groups=trained,
+            hooks=strategy.local_hooks(ctx, trained),
+        )  # fmt: skip
         scores = result.scores if result.scores is not None else measured.get("scores")
         mask = strategy.upload_mask(ctx, scores, trained)
         return make_update(
@@ -96,6 +99,9 @@ class Worker:
             seconds=result.seconds,
             ops=self.ops_per_sample(realised_sparsity(mask)) * indices.size * self.num_epochs,
             paper_bytes=self.upload_size(mask),
+            peak_memory_bytes=result.usage.peak_memory_bytes,
+            saved_activation_bytes=result.usage.saved_activation_bytes,
+            **dataclasses.asdict(strategy.client_budget(ctx)),
         )
 
     def train_clients(self, clients: list[int], params: np.ndarray, round_: int, message: Any = None) -> list[ClientUpdate]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 from huggingface_hub import constants as hub_constants
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
@@ -39,6 +40,7 @@ from fedmpi.models.groups import GroupFamily, GroupMap
 from fedmpi.models.heads import HeadMap, build_head_map
 from fedmpi.models.params import TrainableLayout, is_lora_param
 from fedmpi.models.tiny import MINILM_NAME, TINY_NAMES, minilm_dir, packaged_tokenizer, tiny_config
+from fedmpi.peft_methods.base import PeftMethod
 
 KINDS = ("classification", "generation")
 T = TypeVar("T")
@@ -101,8 +103,9 @@ def build_model(
     lora: LoraSettings,
     seed: int,
     attn_implementation: str = "sdpa",
+    method: PeftMethod | None = None,
 ) -> ModelBundle:
-    """Build backbone ``name`` for ``kind``, wrap it with LoRA and describe its trainable vector."""
+    """Build backbone ``name`` for ``kind``, wrap it with LoRA (or ``method``) and describe its trainable vector."""
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
     if kind == "classification" and (num_labels is None or num_labels < 1):
@@ -117,7 +120,12 @@ def build_model(
     if backbone.config.pad_token_id is None:
         backbone.config.pad_token_id = tokenizer.pad_token_id
     set_attention(backbone, attn_implementation)
-    model = wrap_with_lora(backbone, kind=kind, lora=lora, seed=seed, task_type=MODEL_KINDS[model_kind][1])
+    if method is None:
+        model = wrap_with_lora(backbone, kind=kind, lora=lora, seed=seed, task_type=MODEL_KINDS[model_kind][1])
+    else:
+        spec = arch_spec(backbone.config.model_type)
+        task_head = list(spec.task_head) if (spec and kind == "classification") else None
+        model = method.wrap(backbone, kind=kind, task_head=task_head, seed=seed)
     model.float().train()
     layout = TrainableLayout.from_model(model)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
@@ -126,11 +134,16 @@ def build_model(
         tokenizer=tokenizer,
         kind=kind,
         layout=layout,
-        head_map=build_head_map(model, layout),
+        head_map=build_head_map(model, layout) if _has_lora_b(layout) else HeadMap((), np.full(layout.numel, -1, np.int32)),
         pad_token_id=int(tokenizer.pad_token_id),
         eos_token_id=None if eos is None else int(eos),
         model_kind=model_kind,
     )
+
+
+def _has_lora_b(layout: TrainableLayout) -> bool:
+    """Whether any attention head can own anything (LoRA-form B factors); full blocks have none."""
+    return any(".lora_B." in n for n in layout.names)
 
 
 def set_attention(model: torch.nn.Module, attn_implementation: str) -> None:

@@ -12,11 +12,13 @@ a client trains the same way on whichever rank hosts it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from torch import nn
 
 from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate
@@ -33,16 +35,70 @@ class ClientContext:
     message: Any = None  # what the server broadcast this round (Strategy.round_message)
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """The run's shape and this rank's model, for strategies that plan with them (budgets, schedules)."""
+
+    seed: int
+    num_rounds: int
+    num_clients: int
+    batch_size: int
+    num_epochs: int
+    max_length: int
+    devices: Any  # fedmpi.devices.DevicesConfig
+    model: nn.Module  # this rank's model instance (client-side hooks act on it)
+    task_head: tuple[str, ...]  # the task head's module names
+
+
+@dataclass(frozen=True)
+class ClientBudget:
+    """What a client-round was allowed and what its strategy planned to use (NaN: no such figure)."""
+
+    device_class: int = -1  # index into devices.classes; -1: none
+    planned_memory_bytes: float = math.nan
+    planned_flops: float = math.nan
+    planned_upload_bytes: float = math.nan
+
+
+class LocalHooks:
+    """Client-side callbacks around one client's local training. Defaults: nothing.
+
+    Entered after the trainer froze the parameters that do not train; ``after_backward``
+    runs after each backward, once the train mask is applied to the gradients; ``scores``
+    is what the hooks measured (None: nothing), reported as the client's importance.
+    """
+
+    def __enter__(self) -> LocalHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def after_backward(self) -> None:
+        return None
+
+    def scores(self) -> np.ndarray | None:
+        return None
+
+
 class Strategy:
     """Defaults: every group trains and is uploaded, nothing is measured, no server state."""
 
     name: ClassVar[str]
     # The measurement clients record while they train, or None: "confidence" is Eq. 6.
     importance: ClassVar[str | None] = None
+    # Whether the paper's analytic OPs (LoRA on heads, fedmpi.accounting) describe its clients' work.
+    paper_ops: ClassVar[bool] = True
 
-    def __init__(self, cfg: Any, groups: GroupMap) -> None:
+    def __init__(self, cfg: Any, groups: GroupMap, run: RunInfo | None = None) -> None:
         self.cfg = cfg
         self.groups = groups
+        self.run = run
+
+    @classmethod
+    def peft_method(cls, cfg: Any, lora: Any) -> Any:
+        """The PEFT method this strategy needs (a ``PeftMethod``), or None for the run's LoRA."""
+        return None
 
     @property
     def needs_confidence(self) -> bool:
@@ -74,6 +130,14 @@ class Strategy:
         the mask ``train_mask`` returned.
         """
         return trained
+
+    def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
+        """Callbacks around the client's local training (default: none)."""
+        return LocalHooks()
+
+    def client_budget(self, ctx: ClientContext) -> ClientBudget:
+        """The client's device budget and the strategy's planned costs, recorded per client-round."""
+        return ClientBudget()
 
     # ---- server side (rank 0) --------------------------------------------------------------
     def round_message(self, round_: int) -> Any:

@@ -11,11 +11,19 @@ stays masked. Its state -- the mask, the averaged scores, the last budget -- is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from torch import nn
 
+from fedmpi.config import FedAraConfig, LoraConfig
+from fedmpi.models.build import ModelBundle
 from fedmpi.models.groups import GroupMap
+from fedmpi.models.svd_adapters import TripletSensitivity, modules_pruned, triplet_groups, zero_rank_modules
+from fedmpi.payload import ClientUpdate, densify
+from fedmpi.peft_methods.svd import SvdAdapters
+from fedmpi.strategies.base import ClientContext, LocalHooks, RunInfo, Strategy
 from fedmpi.rank_allocation import check_schedule, default_phases, rank_budget, top_triplets, weighted_scores
 from fedmpi.strategies.layer_finetuning import blockwise_average
 
@@ -107,3 +115,79 @@ class RankAllocationServer:
         self.mask = mask
         self.importance = np.asarray(state["triplet_importance"], dtype=np.float64).copy()
         self.budget = int(np.asarray(state["rank_budget"])[0])
+
+
+class TripletTraining(LocalHooks):
+    """A FedARA client's local training: rank-0 modules switched off, triplet sensitivity tracked."""
+
+    def __init__(self, model: nn.Module, groups: GroupMap, trained: np.ndarray | None, beta1: float, beta2: float) -> None:
+        self.model = model
+        self.pruned = [] if trained is None else zero_rank_modules(groups, trained)
+        self.sensitivity = TripletSensitivity(model, beta1, beta2)
+
+    def __enter__(self) -> TripletTraining:
+        self._pruning = modules_pruned(self.model, self.pruned)
+        self._pruning.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pruning.__exit__(*exc)
+
+    def after_backward(self) -> None:
+        self.sensitivity.update()
+
+    def scores(self) -> np.ndarray:
+        return self.sensitivity.scores()
+
+
+class FedAra(Strategy):
+    name = "fedara"
+    paper_ops = False
+    importance = "triplet_sensitivity"
+    cfg: FedAraConfig
+
+    @classmethod
+    def peft_method(cls, cfg: FedAraConfig, lora: LoraConfig) -> SvdAdapters:
+        return SvdAdapters(
+            initial_rank=cfg.initial_rank, alpha=lora.alpha, dropout=lora.dropout,
+            orth_reg_weight=cfg.orth_reg_weight, target_modules=lora.target_modules,
+        )  # fmt: skip
+
+    @classmethod
+    def group_map(cls, bundle: ModelBundle) -> GroupMap:
+        return triplet_groups(bundle.model, bundle.layout)
+
+    def __init__(self, cfg: FedAraConfig, groups: GroupMap, run: RunInfo | None = None) -> None:
+        if run is None:
+            raise ValueError("strategy.name=fedara needs the run's shape (number of rounds, model)")
+        super().__init__(cfg, groups, run)
+        schedule = RankSchedule.from_settings(
+            run.num_rounds, len(groups.families), cfg.initial_rank, cfg.target_rank, cfg.warmup_rounds, cfg.final_rounds
+        )
+        self.allocation = RankAllocationServer(groups, schedule)
+        self._round = 0
+
+    # client side
+    def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
+        return None if ctx.message is None else np.asarray(ctx.message, dtype=bool)
+
+    def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
+        return TripletTraining(self.run.model, self.groups, trained, self.cfg.beta1, self.cfg.beta2)
+
+    # server side
+    def round_message(self, round_: int) -> np.ndarray:
+        self._round = round_  # the round aggregate() closes: the next budget is b(round_ + 1)
+        return self.allocation.round_message(round_)
+
+    def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
+        index = self.groups.group_index
+        deltas = [densify(u, index) for u in updates]
+        scores = np.stack([u.scores for u in updates])
+        num_samples = np.array([u.num_samples for u in updates])
+        return self.allocation.aggregate(params, deltas, num_samples, scores, self._round, server_lr)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.allocation.state()
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.allocation.load_state(state)

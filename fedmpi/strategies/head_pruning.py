@@ -19,7 +19,7 @@ from fedmpi.aggregation import groupwise
 from fedmpi.config import HeadPruningConfig
 from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate, densify
-from fedmpi.strategies.base import ClientContext, Strategy
+from fedmpi.strategies.base import ClientContext, RunInfo, Strategy
 
 
 def num_kept(num_groups: int, sparsity: float) -> int:
@@ -39,10 +39,10 @@ class HeadPruning(Strategy):
     name = "head_pruning"
     cfg: HeadPruningConfig
 
-    def __init__(self, cfg: HeadPruningConfig, groups: GroupMap) -> None:
+    def __init__(self, cfg: HeadPruningConfig, groups: GroupMap, run: RunInfo | None = None) -> None:
         if groups.num_groups == 0:
             raise ValueError("strategy.name=head_pruning needs trainable parameters that map to attention heads")
-        super().__init__(cfg, groups)
+        super().__init__(cfg, groups, run)
         self.num_kept = num_kept(groups.num_groups, cfg.sparsity)
 
     @property

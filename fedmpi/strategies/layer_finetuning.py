@@ -12,12 +12,21 @@ task head (no group) is FedAvg'd over everyone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedmpi.budgets import LayerPlan, ModelSizes, TrainingShape, trainable_blocks
-from fedmpi.devices import DeviceClass
+from fedmpi.config import LayerFinetuningConfig
+from fedmpi.devices import DeviceClass, client_classes
+from fedmpi.models.blocks import block_groups, model_sizes
+from fedmpi.models.build import ModelBundle
+from fedmpi.models.groups import GroupMap
+from fedmpi.payload import ClientUpdate, densify
+from fedmpi.peft_methods.base import PeftMethod
+from fedmpi.peft_methods.blocks import FullBlocks
+from fedmpi.strategies.base import ClientBudget, ClientContext, RunInfo, Strategy
 
 UNLIMITED = DeviceClass(name="unlimited")
 
@@ -83,3 +92,49 @@ class BlockBudgets:
 
     def train_mask(self, client: int, num_samples: int) -> np.ndarray:
         return last_blocks_mask(self.sizes.num_blocks, self.plan_for(client, num_samples).num_blocks)
+
+
+class LayerFinetuning(Strategy):
+    name = "layer_finetuning"
+    paper_ops = False  # fedmpi.budgets plans its costs; fedmpi.measure measures them
+    cfg: LayerFinetuningConfig
+
+    @classmethod
+    def peft_method(cls, cfg: LayerFinetuningConfig, lora: object) -> PeftMethod | None:
+        return FullBlocks() if cfg.variant == "blocks" else None  # "lora": the run's LoRA, grouped by block
+
+    @classmethod
+    def group_map(cls, bundle: ModelBundle) -> GroupMap:
+        return block_groups(bundle.model, bundle.layout)
+
+    def __init__(self, cfg: LayerFinetuningConfig, groups: GroupMap, run: RunInfo | None = None) -> None:
+        if run is None:
+            raise ValueError("strategy.name=layer_finetuning needs the run's shape (devices, batch size, model)")
+        super().__init__(cfg, groups, run)
+        sizes = model_sizes(run.model, list(run.task_head), run.model.config)
+        classes = run.devices.classes
+        self.budgets = BlockBudgets(
+            sizes=sizes,
+            shape=TrainingShape(run.batch_size, run.max_length, cfg.dtype_bytes),
+            classes=tuple(classes),
+            client_class=client_classes(run.devices, run.seed, run.num_clients),
+            num_epochs=run.num_epochs,
+        )
+        # Fail at start, naming the class, if a device cannot train even the head on one batch.
+        self.blocks_per_class = self.budgets.check_every_class(run.batch_size)
+
+    def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
+        return self.budgets.train_mask(ctx.client, ctx.num_samples)
+
+    def client_budget(self, ctx: ClientContext) -> ClientBudget:
+        p = self.budgets.plan_for(ctx.client, ctx.num_samples)
+        cls = -1 if self.budgets.client_class is None else int(self.budgets.client_class[ctx.client])
+        return ClientBudget(cls, p.memory_bytes, p.flops, p.upload_bytes)
+
+    def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
+        index = self.groups.group_index
+        masks = np.stack([
+            u.group_mask if u.group_mask is not None else np.ones(self.groups.num_groups, bool) for u in updates
+        ])  # fmt: skip
+        deltas = [densify(u, index) for u in updates]
+        return blockwise_average(params, deltas, np.array([u.num_samples for u in updates]), masks, index, server_lr)
