@@ -19,20 +19,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import REPO, Job, is_complete, mean_std, paired, paired_cell, pm, run_sweep  # noqa: E402
 
-from fedmpi.analyze import ResultFileError, format_table, load_run, summarize  # noqa: E402
+from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
 
 MIB = 2.0**20
 # A CPU-scale federation (as configs/cpu/table1_*.yaml): MiniLM, 16 clients, 2 per round, 16 rounds.
@@ -81,42 +76,10 @@ LABELS = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Job:
-    task: str
-    partition: str
-    method: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"related_{self.task}_{self.partition}_{self.method}-s{self.seed}"
-
-    def overrides(self) -> list[str]:
-        return [*COMMON, *TASKS[self.task], *PARTITIONS[self.partition], *METHODS[self.method], f"seed={self.seed}"]
-
-
-def _complete(path: Path) -> bool:
-    try:
-        return load_run(path).complete
-    except ResultFileError:
-        return False
-
-
-def run_one(job: Job, args: argparse.Namespace, counter: str) -> bool:
-    path = args.output_dir / f"{job.name}.h5"
-    if _complete(path):
-        print(f"{counter} {job.name}: complete result exists, skipped", flush=True)
-        return True
-    cmd = [sys.executable, "-m", "fedmpi.launch", *job.overrides(), f"output.dir={args.output_dir}",
-           f"output.name={job.name}", "output.overwrite=true",
-           f"runtime.num_threads={max(1, (os.cpu_count() or 1) // args.jobs)}", *args.overrides]  # fmt: skip
-    start = time.perf_counter()
-    with path.with_suffix(".log").open("w") as log:
-        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    ok = code == 0 and _complete(path)
-    print(f"{counter} {job.name}: {'done' if ok else f'FAILED (exit {code})'} in {time.perf_counter() - start:.0f} s", flush=True)
-    return ok
+def make_job(task: str, partition: str, method: str, seed: int) -> Job:
+    overrides = (*COMMON, *TASKS[task], *PARTITIONS[partition], *METHODS[method], f"seed={seed}")
+    labels = {"task": task, "partition": partition, "method": method, "seed": seed}
+    return Job(f"related_{task}_{partition}_{method}-s{seed}", None, overrides, labels)
 
 
 def run_summary(path: Path) -> dict:
@@ -134,11 +97,8 @@ def run_summary(path: Path) -> dict:
 
 
 def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    v = np.array([x for x in values if not math.isnan(x)])
-    if v.size == 0:
-        return "-"
-    sd = f" ± {v.std(ddof=1) * scale:.{digits}f}" if v.size > 1 else ""
-    return f"{v.mean() * scale:.{digits}f}{sd}"
+    mean, sd, _ = mean_std(values)
+    return pm(mean, sd, scale, digits)
 
 
 def plot_comparison(curves: dict[str, list], title: str, path: Path) -> None:
@@ -159,13 +119,14 @@ def plot_comparison(curves: dict[str, list], title: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def report(jobs: list[Job], args: argparse.Namespace) -> None:
+def report(jobs: list[Job], output_dir: Path) -> None:
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for job in jobs:
-        path = args.output_dir / f"{job.name}.h5"
-        if not _complete(path):
+        path = output_dir / f"{job.name}.h5"
+        if not is_complete(path):
             continue
-        groups.setdefault((job.task, job.partition), {}).setdefault(job.method, []).append(run_summary(path))
+        summary = {**run_summary(path), "seed": job.labels["seed"]}
+        groups.setdefault((job.labels["task"], job.labels["partition"]), {}).setdefault(job.labels["method"], []).append(summary)
     for (task, partition), by_method in groups.items():
         rows = [
             [LABELS[m], str(len(s)), _pm([x["final"] for x in s], 100), _pm([x["best"] for x in s], 100),
@@ -176,7 +137,13 @@ def report(jobs: list[Job], args: argparse.Namespace) -> None:
         print(f"\n{task}, {partition}")
         header = ["method", "seeds", "final acc %", "best acc %", "upload MiB/client-round", "s/client-round", "peak MiB/client-round"]
         print(format_table(rows, header))
-        png = args.output_dir / f"related_{task}_{partition}.png"
+        if "fedavg_lora" in by_method:  # each method's final accuracy against FedAvg-LoRA, paired by seed
+            base = {x["seed"]: x["final"] for x in by_method["fedavg_lora"]}
+            for m, s in by_method.items():
+                if m != "fedavg_lora":
+                    diff = paired({x["seed"]: x["final"] for x in s}, base)
+                    print(f"  {LABELS[m]} - FedAvg-LoRA, final acc points: {paired_cell(diff, 100, 1)}")
+        png = output_dir / f"related_{task}_{partition}.png"
         plot_comparison({m: [x["curve"] for x in s] for m, s in by_method.items()}, f"{task}, {partition}", png)
         print(f"figure: {png}")
 
@@ -193,14 +160,9 @@ def main() -> int:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     args.output_dir = args.output_dir.resolve()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [Job(t, p, m, s) for s in args.seeds for t in args.tasks for p in args.partitions for m in args.methods]
-    failed = 0
-    if not args.table_only:
-        counters = [f"[{i + 1}/{len(jobs)}]" for i in range(len(jobs))]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            failed = list(pool.map(lambda jc: run_one(jc[0], args, jc[1]), zip(jobs, counters))).count(False)
-    report(jobs, args)
+    jobs = [make_job(t, p, m, s) for s in args.seeds for t in args.tasks for p in args.partitions for m in args.methods]
+    failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, parallel=args.jobs, overrides=args.overrides)
+    report(jobs, args.output_dir)
     return 1 if failed else 0
 
 
