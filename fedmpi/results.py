@@ -122,7 +122,7 @@ class ResultWriter:
         for name in S.ROUND_METRIC_COLUMNS:
             _column(rounds, name, "float64")
         clients = self._file.create_group(S.GROUP_CLIENTS)
-        for name, dtype in S.CLIENT_COLUMNS.items():
+        for name, dtype in {**S.CLIENT_COLUMNS, **S.CLIENT_COST_COLUMNS}.items():
             _column(clients, name, dtype)
         if self.num_groups:
             for name, dtype in S.CLIENT_GROUP_COLUMNS.items():

@@ -80,6 +80,9 @@ CLIENT_COLUMNS: dict[str, str] = {
     "seconds": "float64",
     "ops": "float64",
     "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
+}
+# Written by every run, optional for readers (files from before they existed lack them):
+CLIENT_COST_COLUMNS: dict[str, str] = {
     # Measured per client-round (fedmpi.measure): CUDA max allocated or CPU peak RSS; bytes autograd kept.
     "peak_memory_bytes": "float64",
     "saved_activation_bytes": "int64",
