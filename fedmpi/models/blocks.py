@@ -57,8 +57,8 @@ def model_sizes(model: nn.Module, task_head_names: list[str], hf_config) -> Mode
         if i >= 0:
             block_params[i] += p.numel()
             block_trainable[i] += p.numel() if p.requires_grad else 0
-        elif any(f".{h}." in f".{name}" for h in task_head_names):
-            head += p.numel()
+        elif p.requires_grad and any(f".{h}." in f".{name}" for h in task_head_names):
+            head += p.numel()  # peft's frozen copy of the head (original_module) counts as other
         else:
             other += p.numel()
     dims = attention_dims(hf_config)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from fedmpi.devices import client_classes
 from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate
 
@@ -94,6 +95,8 @@ class Strategy:
         self.cfg = cfg
         self.groups = groups
         self.run = run
+        # Each client's device class (fedmpi.devices), recorded whatever the strategy does with it.
+        self.device_class = None if run is None else client_classes(run.devices, run.seed, run.num_clients)
 
     @classmethod
     def peft_method(cls, cfg: Any, lora: Any) -> Any:
@@ -137,7 +140,7 @@ class Strategy:
 
     def client_budget(self, ctx: ClientContext) -> ClientBudget:
         """The client's device budget and the strategy's planned costs, recorded per client-round."""
-        return ClientBudget()
+        return ClientBudget(-1 if self.device_class is None else int(self.device_class[ctx.client]))
 
     # ---- server side (rank 0) --------------------------------------------------------------
     def round_message(self, round_: int) -> Any:

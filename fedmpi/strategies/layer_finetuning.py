@@ -19,7 +19,7 @@ import numpy as np
 
 from fedmpi.budgets import LayerPlan, ModelSizes, TrainingShape, trainable_blocks
 from fedmpi.config import LayerFinetuningConfig
-from fedmpi.devices import DeviceClass, client_classes
+from fedmpi.devices import DeviceClass
 from fedmpi.models.blocks import block_groups, model_sizes
 from fedmpi.models.build import ModelBundle
 from fedmpi.models.groups import GroupMap
@@ -117,7 +117,7 @@ class LayerFinetuning(Strategy):
             sizes=sizes,
             shape=TrainingShape(run.batch_size, run.max_length, cfg.dtype_bytes),
             classes=tuple(classes),
-            client_class=client_classes(run.devices, run.seed, run.num_clients),
+            client_class=self.device_class,
             num_epochs=run.num_epochs,
         )
         # Fail at start, naming the class, if a device cannot train even the head on one batch.
