@@ -10,7 +10,8 @@ from fedmpi.budgets import ModelSizes, TrainingShape
 from fedmpi.devices import DeviceClass
 from fedmpi.models.groups import GroupFamily, GroupMap
 from fedmpi.strategies.fedara import RankAllocationServer, RankSchedule
-from fedmpi.strategies.layer_finetuning import BlockBudgets, blockwise_average, last_blocks_mask
+from fedmpi.aggregation import groupwise_mean
+from fedmpi.strategies.layer_finetuning import BlockBudgets, last_blocks_mask
 
 
 def test_blockwise_average_by_hand():
@@ -19,13 +20,13 @@ def test_blockwise_average_by_hand():
     glob = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)
     deltas = [np.array([2.0, 4.0, 0.0, 1.0]), np.array([0.0, 0.0, 8.0, 5.0])]
     masks = np.array([[True, False], [False, True]])  # client 0 trained block 0 only, client 1 block 1 only
-    out = blockwise_average(glob, deltas, np.array([1, 3]), masks, group_index, server_lr=1.0)
+    out = groupwise_mean(glob, deltas, np.array([1, 3]), masks, group_index, server_lr=1.0)
     # block 0: only client 0 -> +2, +4; block 1: only client 1 -> +8; head: (1*1 + 3*5)/4 = 4.
     assert out.tolist() == [3.0, 5.0, 9.0, 5.0]
-    both = blockwise_average(glob, deltas, np.array([1, 3]), np.array([[True, True], [True, True]]), group_index, 0.5)
+    both = groupwise_mean(glob, deltas, np.array([1, 3]), np.array([[True, True], [True, True]]), group_index, 0.5)
     # block 0: (1*2 + 3*0)/4 = 0.5 -> 1 + 0.25; (1*4)/4 = 1 -> 1.5; block 1: 24/4 = 6 -> 4; head 4 -> 3.
     assert both.tolist() == [1.25, 1.5, 4.0, 3.0]
-    nobody = blockwise_average(glob, deltas, np.array([1, 3]), np.zeros((2, 2), bool), group_index, 1.0)
+    nobody = groupwise_mean(glob, deltas, np.array([1, 3]), np.zeros((2, 2), bool), group_index, 1.0)
     assert nobody.tolist() == [1.0, 1.0, 1.0, 5.0]  # untrained blocks keep their value
 
 

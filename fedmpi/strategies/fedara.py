@@ -18,14 +18,14 @@ import numpy as np
 from torch import nn
 
 from fedmpi.config import FedAraConfig, LoraConfig
+from fedmpi.aggregation import groupwise_mean
 from fedmpi.models.build import ModelBundle
 from fedmpi.models.groups import GroupMap
 from fedmpi.models.svd_adapters import TripletSensitivity, modules_pruned, triplet_groups, zero_rank_modules
 from fedmpi.payload import ClientUpdate, densify
 from fedmpi.peft_methods.svd import SvdAdapters
-from fedmpi.strategies.base import ClientContext, LocalHooks, RunInfo, Strategy
 from fedmpi.rank_allocation import check_schedule, default_phases, rank_budget, top_triplets, weighted_scores
-from fedmpi.strategies.layer_finetuning import blockwise_average
+from fedmpi.strategies.base import ClientContext, LocalHooks, RunInfo, Strategy
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class RankAllocationServer:
     ) -> np.ndarray:  # fmt: skip
         """Average the kept triplets, then allocate the next round's budget; masked triplets are zeroed."""
         masks = np.broadcast_to(self.mask, (len(deltas), self.mask.size))
-        new = blockwise_average(params, deltas, num_samples, masks, self.groups.group_index, server_lr)
+        new = groupwise_mean(params, deltas, num_samples, masks, self.groups.group_index, server_lr)
         self.importance = np.where(self.mask, weighted_scores(scores, num_samples), 0.0)
         self.budget = self.schedule.budget(round_ + 1)
         self.mask = top_triplets(self.importance, self.budget, self.mask)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedmpi.aggregation import groupwise_mean
 from fedmpi.budgets import LayerPlan, ModelSizes, TrainingShape, trainable_blocks
 from fedmpi.config import LayerFinetuningConfig
 from fedmpi.devices import DeviceClass
@@ -36,34 +37,6 @@ def last_blocks_mask(num_blocks_total: int, num_trained: int) -> np.ndarray:
     mask = np.zeros(num_blocks_total, dtype=bool)
     mask[num_blocks_total - num_trained :] = True
     return mask
-
-
-def blockwise_average(
-    global_params: np.ndarray,
-    deltas: list[np.ndarray],
-    num_samples: np.ndarray,
-    group_masks: np.ndarray,
-    group_index: np.ndarray,
-    server_lr: float,
-) -> np.ndarray:
-    """Each group's elements += eta * sum_c |D_c| d_c / sum_c |D_c| over the clients c that sent the group;
-    a group nobody sent is unchanged; elements of no group (-1) take FedAvg over all clients (Eq. 5).
-
-    Float64, clients in the order given, so the result does not depend on how they were spread.
-    """
-    weights = np.asarray(num_samples, dtype=np.float64)
-    masks = np.asarray(group_masks, dtype=bool)
-    per_group = masks * weights[:, None]  # (clients, groups)
-    element_weights = np.concatenate([per_group, weights[:, None]], axis=1)[:, group_index]  # -1 -> all clients
-    total = np.zeros(global_params.shape, dtype=np.float64)
-    norm = np.zeros(global_params.shape, dtype=np.float64)
-    for c, delta in enumerate(deltas):
-        total += element_weights[c] * delta
-        norm += element_weights[c]
-    out = global_params.astype(np.float64)
-    sent = norm > 0
-    out[sent] += server_lr * total[sent] / norm[sent]
-    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -137,4 +110,4 @@ class LayerFinetuning(Strategy):
             u.group_mask if u.group_mask is not None else np.ones(self.groups.num_groups, bool) for u in updates
         ])  # fmt: skip
         deltas = [densify(u, index) for u in updates]
-        return blockwise_average(params, deltas, np.array([u.num_samples for u in updates]), masks, index, server_lr)
+        return groupwise_mean(params, deltas, np.array([u.num_samples for u in updates]), masks, index, server_lr)
