@@ -104,6 +104,7 @@ def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def plot_comparison(curves: dict[str, list], title: str, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -115,6 +116,7 @@ def plot_comparison(curves: dict[str, list], title: str, path: Path) -> None:
         ax.plot(rounds[:length], mean, "o-", color=f"C{i}", markersize=3, label=f"{LABELS[method]} (n={len(runs)})")
     ax.set(xlabel="round", ylabel="eval accuracy (mean over seeds)", title=title)
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
 
