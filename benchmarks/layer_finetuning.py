@@ -71,7 +71,7 @@ def _train(model, params, batches, on_backward=None) -> dict:
 def run_layer_variant(args, num_blocks: int) -> dict:
     """Child process: train the last ``num_blocks`` blocks + the head once, measured."""
     torch.set_num_threads(args.threads)
-    _, model = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
+    _, model, _ = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
     head = list(arch_spec(model.config.model_type).task_head)
     prefixes = block_prefixes(model)
     train_last_blocks(model, num_blocks, head)
@@ -86,7 +86,7 @@ def run_layer_variant(args, num_blocks: int) -> dict:
 
 def run_fedara(args) -> list[dict]:
     torch.set_num_threads(args.threads)
-    _, backbone = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
+    _, backbone, _ = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
     spec = arch_spec(backbone.config.model_type)
     model = wrap_with_svd_adapters(
         backbone, kind="classification", targets=list(spec.qkv_targets), initial_rank=args.rank,
@@ -141,7 +141,7 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(run_layer_variant(args, args.child)))
         return
-    _, probe = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
+    _, probe, _ = _load_backbone(args.model, kind="classification", num_labels=NUM_LABELS, seed=0)
     num_blocks = len(block_prefixes(probe))
     print(f"layer finetuning, {args.model}: {args.steps} steps of {args.batch_size} x {args.seq_len}, "
           f"{args.threads} threads, median of {args.repeat} fresh processes")  # fmt: skip

@@ -62,7 +62,7 @@ def test_sizes_and_block_groups_of_tiny_models():
     from fedmpi.models.build import _load_backbone
     from fedmpi.models.params import TrainableLayout
 
-    _, bert = _load_backbone("tiny-bert", kind="classification", num_labels=3, seed=0)
+    _, bert, _ = _load_backbone("tiny-bert", kind="classification", num_labels=3, seed=0)
     assert block_prefixes(bert) == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
     sizes = model_sizes(bert, ["classifier"], bert.config)
     assert sizes.total_params == sum(p.numel() for p in bert.parameters())
@@ -76,7 +76,7 @@ def test_sizes_and_block_groups_of_tiny_models():
     assert groups.num_groups == 2 and groups.group_sizes().tolist() == list(sizes.block_params)
     assert int((groups.group_index == -1).sum()) == layout.numel - sum(sizes.block_params)
 
-    _, t5 = _load_backbone("tiny-t5", kind="classification", num_labels=3, seed=0)
+    _, t5, _ = _load_backbone("tiny-t5", kind="classification", num_labels=3, seed=0)
     assert block_prefixes(t5) == [
         "transformer.encoder.block.0", "transformer.encoder.block.1",
         "transformer.decoder.block.0", "transformer.decoder.block.1",

@@ -46,7 +46,7 @@ def test_frozen_prefix_of_a_transformer_keeps_no_activations():
     from fedmpi.models.blocks import train_last_blocks
     from fedmpi.models.build import _load_backbone
 
-    tokenizer, model = _load_backbone("tiny-bert", kind="classification", num_labels=3, seed=0)
+    tokenizer, model, _ = _load_backbone("tiny-bert", kind="classification", num_labels=3, seed=0)
     model.eval()  # no dropout masks: the same tensors are saved on every call
     batch = dict(tokenizer(["a first short text", "another text here"], return_tensors="pt", padding=True))
     batch["labels"] = torch.tensor([0, 1])

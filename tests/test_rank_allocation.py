@@ -34,7 +34,7 @@ def test_budget_schedule_by_hand():
 
 
 def tiny_svd_model(rank: int = 4, seed: int = 0):
-    tokenizer, backbone = _load_backbone("tiny-bert", kind="classification", num_labels=3, seed=seed)
+    tokenizer, backbone, _ = _load_backbone("tiny-bert", kind="classification", num_labels=3, seed=seed)
     model = wrap_with_svd_adapters(
         backbone, kind="classification", targets=["query", "key", "value"], initial_rank=rank, alpha=8.0,
         dropout=0.0, orth_reg_weight=0.5, task_head=["classifier"], seed=seed,
