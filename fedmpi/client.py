@@ -98,6 +98,11 @@ class LocalTrainer:
         self.model.train()
         return self.confidence.scores()
 
+    def _proximal_term(self, params: list[torch.Tensor], anchors: list[torch.Tensor]) -> torch.Tensor:
+        """FedProx: mu/2 ||w - w_global||^2 over the parameters that train (Li et al. 2020)."""
+        squared = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
+        return 0.5 * self.cfg.prox_mu * squared
+
     def train(
         self,
         indices: np.ndarray,
@@ -128,6 +133,8 @@ class LocalTrainer:
             [{"params": [p for p in trained if id(p) not in partly], "weight_decay": decay},
              {"params": [p for p, _ in partial], "weight_decay": 0.0}], lr=lr,
         )  # fmt: skip
+        # mu = 0 adds no term at all, so FedProx at mu = 0 is FedAvg bit for bit.
+        anchors = [p.detach().clone() for p in trained] if self.cfg.prox_mu > 0 else None
         if record_importance:
             assert self.confidence is not None
             self.confidence.reset()
@@ -146,7 +153,8 @@ class LocalTrainer:
                         recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
                         with recording:
                             loss = self.model(**batch).loss
-                        loss.backward()
+                        objective = loss if anchors is None else loss + self._proximal_term(trained, anchors)
+                        objective.backward()
                         with torch.no_grad():
                             for param, mask in partial:
                                 param.grad.mul_(mask)

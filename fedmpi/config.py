@@ -71,6 +71,7 @@ class ClientConfig(_Section):
     lr: float = Field(2e-3, gt=0)  # the paper uses 5e-4 at batch 80; 2e-3 suits the small default batches
     num_epochs: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    prox_mu: float = Field(0.0, ge=0)  # FedProx: mu/2 ||w - w_global||^2 added to the local loss; 0 = off
 
 
 class ServerConfig(_Section):
