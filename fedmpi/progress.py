@@ -51,6 +51,8 @@ class Progress:
         *,
         seconds: float,
         mpi_bytes: int,
+        download_mpi: int = 0,
+        download_paper_per_client: int = 0,
     ) -> None:
         """Record one round (updates in client id order) and print its line."""
         samples = np.array([u.num_samples for u in updates], dtype=np.float64)
@@ -63,12 +65,13 @@ class Progress:
         if writer is not None:
             self.metric_name = writer.metric
             if updates:
-                self._write_clients(writer, round_, updates)
+                self._write_clients(writer, round_, updates, download_paper_per_client)
             writer.append_round(
                 {
                     "round": round_, "num_selected": len(updates), "train_loss": train_loss, "eval_loss": eval_loss,
                     "eval_metric": metric, "global_loss": eval_loss, "upload_bytes_paper": paper_bytes,
-                    "mpi_bytes": mpi_bytes, "seconds": seconds, "sparsity": sparsity,
+                    "mpi_bytes": mpi_bytes, "download_bytes_paper": download_paper_per_client * len(updates),
+                    "download_bytes_mpi": download_mpi, "seconds": seconds, "sparsity": sparsity,
                     "ops": float(sum(u.ops for u in updates)),
                     **{column: (evaluated.metrics.get(name, math.nan) if evaluated else math.nan)
                        for column, name in ROUND_METRIC_COLUMNS.items()},
@@ -92,7 +95,7 @@ class Progress:
         self.say(" | ".join(parts))
 
     @staticmethod
-    def _write_clients(writer: ResultWriter, round_: int, updates: list[ClientUpdate]) -> None:
+    def _write_clients(writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: int) -> None:
         rows = {
             "round": np.full(len(updates), round_, dtype=np.int32),
             "client": [u.client for u in updates],
@@ -101,6 +104,8 @@ class Progress:
             "train_loss": [u.train_loss for u in updates],
             "upload_bytes_paper": [u.paper_bytes for u in updates],
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
+            "download_bytes_paper": np.full(len(updates), download_paper, dtype=np.int64),
+            "download_bytes_mpi": np.zeros(len(updates), dtype=np.int64),  # no per-client state is sent yet
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],
             "sparsity": [realised_sparsity(u.group_mask) for u in updates],

@@ -54,6 +54,13 @@ ROUND_COLUMNS: dict[str, str] = {
     "global_loss": "float64",  # L_g (= eval_loss)
     "upload_bytes_paper": "int64",  # summed over the round's clients, the paper's convention
     "mpi_bytes": "int64",  # bytes that really crossed MPI this round
+    # Download, beside upload. Paper convention: fp32 bytes of the global state each selected
+    # client receives (the adapter elements it trains, the task head excluded as in the upload;
+    # plus the full-size frozen-weight update of FLoRA / FedEx-LoRA), summed over the round's clients.
+    "download_bytes_paper": "int64",
+    # Really moved: bytes rank 0 sent this round (selection, round message, the new global vector,
+    # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count.
+    "download_bytes_mpi": "int64",
     "seconds": "float64",  # wall time of the round
     "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
     "ops": "float64",  # analytic OPs summed over the round's clients
@@ -77,6 +84,10 @@ CLIENT_COLUMNS: dict[str, str] = {
     "train_loss": "float64",
     "upload_bytes_paper": "int64",
     "upload_bytes_mpi": "int64",
+    "download_bytes_paper": "int64",  # this client's share of the round's download_bytes_paper
+    # Bytes sent to this client's rank for this client alone (its private state, e.g. FedSA-LoRA's B
+    # and task head); broadcasts reach a rank, not a client, and are counted per round only.
+    "download_bytes_mpi": "int64",
     "seconds": "float64",
     "ops": "float64",
     "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)

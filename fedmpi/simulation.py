@@ -186,9 +186,12 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult 
     return combine(gathered, len(bounds)) if gathered is not None else None
 
 
-def _train_round(comm: Communicator, parts: _Parts, round_: int) -> list[ClientUpdate] | None:
+def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[ClientUpdate] | None, int]:
+    """One round's training and aggregation; also the bytes rank 0 sent (the download over MPI)."""
     server = parts.server
+    before = comm.bytes_moved
     selected, message = comm.bcast((server.select(round_), server.strategy.round_message(round_)) if server else None)
+    download = comm.bytes_moved - before
     mine = assign_clients(selected, parts.worker_ranks).get(comm.rank, [])
     updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message))
     buffer, meta = pack(updates)
@@ -200,8 +203,9 @@ def _train_round(comm: Communicator, parts: _Parts, round_: int) -> list[ClientU
     collective(comm, "aggregation", lambda: parts.server.apply(gathered) if parts.server else None)
     if parts.server is not None:
         parts.params[:] = parts.server.params
+    before = comm.bytes_moved
     comm.bcast_array(parts.params)
-    return gathered
+    return gathered, download + comm.bytes_moved - before
 
 
 def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Path | None:
@@ -217,7 +221,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
             comm.bcast_array(parts.params)
         for round_ in range(first_round, cfg.server.num_rounds + 1):
             start, moved = time.perf_counter(), comm.bytes_moved
-            updates = _train_round(comm, parts, round_) if round_ > 0 else []
+            updates, download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0)
             last = round_ == cfg.server.num_rounds
             evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size) if round_ % cfg.server.eval_every == 0 or last else None
             if server is not None:
@@ -226,6 +230,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
                 progress.round(
                     writer, round_, cfg.server.num_rounds, sorted(updates, key=lambda u: u.client), evaluated,
                     seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved,
+                    download_mpi=download_mpi, download_paper_per_client=parts.worker.upload_size.download,
                 )  # fmt: skip
                 writer.checkpoint(server.state(round_))
         if writer is not None:

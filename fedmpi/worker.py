@@ -40,6 +40,8 @@ class UploadSizer:
         index = groups.group_index
         self.dense = int(((index < 0) & ~task_head).sum())
         self.per_group = groups.group_sizes()
+        # What a client downloads in the same convention: every adapter element of the global model.
+        self.download = 4 * int((~task_head).sum())
 
     def __call__(self, group_mask: np.ndarray | None) -> int:
         kept = self.per_group.sum() if group_mask is None else self.per_group[group_mask].sum()

@@ -58,6 +58,7 @@ def test_paper_communication_figures(config, rank, dense_mib, sparse_mib):
     assert lora_upload_bytes_paper(adapter_dense, head_elements, 0.9) / MIB == pytest.approx(sparse_mib, rel=1e-12)
     # What a client really reports: the same count, with whole heads kept (e.g. 14 of 144 on T5-small).
     assert sizer(None) / MIB == dense_mib
+    assert sizer.download / MIB == dense_mib  # a client downloads every adapter element (no task head here)
     mask = np.zeros(num_heads, dtype=bool)
     mask[: num_kept(num_heads, 0.9)] = True
     expected = 4 * (adapter_dense + head_elements * mask.sum() / num_heads)
