@@ -102,3 +102,38 @@ def rank_mask(factors: tuple[LoraFactors, ...], rank: int) -> np.ndarray:
     if rank < 1:
         raise ValueError(f"a client's LoRA rank must be >= 1, got {rank}")
     return np.concatenate([np.arange(f.rank) < rank for f in factors])
+
+
+def truncated_view(params: np.ndarray, factors: tuple[LoraFactors, ...], rank: int) -> np.ndarray:
+    """What a client of LoRA rank ``rank`` holds: ``params`` with every module's ranks >= ``rank`` set to 0."""
+    view = params.copy()
+    for f in factors:
+        a, b = f.split(view)
+        a[rank:], b[:, rank:] = 0, 0
+    return view
+
+
+def base_weights(model: torch.nn.Module, factors: tuple[LoraFactors, ...]) -> np.ndarray:
+    """The frozen weights under the LoRA layers, flattened in factor order (float32 copy)."""
+    params = dict(model.named_parameters())
+    return np.concatenate([params[f.base_weight].detach().cpu().reshape(-1).numpy() for f in factors]).astype(np.float32)
+
+
+def set_base_weights(model: torch.nn.Module, factors: tuple[LoraFactors, ...], flat: np.ndarray) -> None:
+    """Overwrite the frozen weights under the LoRA layers (FLoRA and FedEx-LoRA move them)."""
+    params = dict(model.named_parameters())
+    pos = 0
+    with torch.no_grad():
+        for f in factors:
+            weight = params[f.base_weight]
+            weight.copy_(torch.from_numpy(flat[pos : pos + weight.numel()]).reshape(weight.shape))
+            pos += weight.numel()
+    if pos != flat.size:
+        raise ValueError(f"frozen-weight buffer has {flat.size} values, the LoRA layers hold {pos}")
+
+
+def base_slices(factors: tuple[LoraFactors, ...]) -> list[slice]:
+    """Flat ranges of each module's frozen weight inside the ``base_weights`` buffer."""
+    sizes = [f.d_in * f.d_out for f in factors]
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
