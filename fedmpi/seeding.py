@@ -20,6 +20,8 @@ SHUFFLE = "shuffle"
 DROPOUT = "dropout"
 PRUNE = "prune"
 DEVICES = "devices"  # which device class each client owns
+LORA_RANK = "lora_rank"  # per-client LoRA rank (HetLoRA, FlexLoRA)
+LORA_INIT = "lora_init"  # fresh adapters each round (FLoRA)
 
 
 def _key(purpose: str) -> int:
