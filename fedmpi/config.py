@@ -77,7 +77,15 @@ class ClientConfig(_Section):
 class ServerConfig(_Section):
     num_rounds: int = Field(5, ge=1)
     num_clients_per_round: int = Field(10, ge=1)
-    lr: float = Field(1.0, gt=0)  # eta of Eq. 5 / Eq. 8
+    lr: float = Field(1.0, gt=0)  # eta of Eq. 5 / Eq. 8, and every server optimizer's step size
+    # Reddi et al. 2021 (fedmpi/server_optim.py): sgd is Eq. 5 / Eq. 8 itself; the others step on
+    # the combined update as a pseudo-gradient and keep their state in the checkpoint.
+    optimizer: Literal["sgd", "avgm", "adagrad", "adam", "yogi"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)  # avgm
+    beta1: float = Field(0.9, ge=0, lt=1)  # adagrad, adam, yogi
+    beta2: float = Field(0.99, ge=0, lt=1)  # adam, yogi
+    tau: float = Field(1e-3, gt=0)  # adaptivity: m / (sqrt(v) + tau)
+    bias_correction: bool = True  # adam, yogi: Kingma's m/(1-b1^t), v/(1-b2^t); false: Reddi's Algorithm 2
     selection: str = "random"  # a name in fedmpi.selection.SELECTIONS: random | loss | cyclic
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from fedmpi.config import ServerConfig
-from fedmpi.payload import ClientUpdate
+from fedmpi.payload import ClientUpdate, selected_elements
 from fedmpi.results import ServerState
 from fedmpi.selection import SelectionInput, select
+from fedmpi.server_optim import build_server_optimizer
 from fedmpi.strategies import Strategy
+
+
+OPTIMIZER_PREFIX = "server_optimizer."  # its state sits beside the strategy's in the checkpoint
 
 
 class Server:
@@ -26,9 +30,17 @@ class Server:
         self.last_loss = np.full(num_clients, np.inf)
         self.times_seen = np.zeros(num_clients, dtype=np.int32)
         self.global_loss = float("nan")  # L_g of the latest evaluated global model
+        self.optimizer = build_server_optimizer(cfg.optimizer, cfg.lr, cfg)
+        if cfg.optimizer != "sgd" and not strategy.steps_by_delta:
+            raise ValueError(f"server.optimizer={cfg.optimizer} needs a strategy whose update is a delta; "
+                             f"strategy {strategy.name} re-initialises its adapters: use server.optimizer=sgd")
+
+    def _checkpointed(self) -> dict[str, np.ndarray]:
+        optimizer = {f"{OPTIMIZER_PREFIX}{k}": v for k, v in self.optimizer.state().items()}
+        return {**self.strategy.state(), **optimizer}
 
     def state(self, round_: int) -> ServerState:
-        return ServerState(round_, self.params, self.last_loss, self.times_seen, self.global_loss, self.strategy.state())
+        return ServerState(round_, self.params, self.last_loss, self.times_seen, self.global_loss, self._checkpointed())
 
     def restore(self, state: ServerState) -> None:
         if state.trainable.shape != self.params.shape or state.last_loss.shape != self.last_loss.shape:
@@ -37,7 +49,9 @@ class Server:
         self.last_loss = state.last_loss.copy()
         self.times_seen = state.times_seen.copy()
         self.global_loss = state.global_loss
-        self.strategy.load_state(state.strategy)
+        prefix = OPTIMIZER_PREFIX
+        self.optimizer.load_state({k.removeprefix(prefix): v for k, v in state.strategy.items() if k.startswith(prefix)})
+        self.strategy.load_state({k: v for k, v in state.strategy.items() if not k.startswith(prefix)})
 
     def select(self, round_: int) -> np.ndarray:
         state = SelectionInput(round_, self.cfg.num_clients_per_round, self.last_loss, self.global_loss, self.seed)
@@ -46,7 +60,16 @@ class Server:
     def apply(self, updates: list[ClientUpdate]) -> None:
         """Combine one round's updates (in client id order) into the global vector."""
         updates = sorted(updates, key=lambda u: u.client)
-        self.params = self.strategy.aggregate(self.params, updates, self.cfg.lr)
+        if self.cfg.optimizer == "sgd":  # eta inside Eq. 5 / Eq. 8, exactly as the strategy defines it
+            self.params = self.strategy.aggregate(self.params, updates, self.cfg.lr)
+        else:  # the combined update at eta = 1 is the optimizer's (negative) pseudo-gradient
+            combined = self.strategy.aggregate(self.params, updates, 1.0)
+            index = self.strategy.groups.group_index
+            touched = np.zeros(self.params.shape, dtype=bool)
+            for u in updates:  # an element no client sent (a group all pruned) has no pseudo-gradient
+                touched |= selected_elements(index, u.group_mask)
+            delta = combined.astype(np.float64) - self.params
+            self.params = self.optimizer.step(self.params, delta, touched)
         for u in updates:
             self.last_loss[u.client] = u.train_loss
             self.times_seen[u.client] += 1

@@ -90,6 +90,9 @@ class Strategy:
     importance: ClassVar[str | None] = None
     # Whether the paper's analytic OPs (LoRA on heads, fedmpi.accounting) describe its clients' work.
     paper_ops: ClassVar[bool] = True
+    # The next global vector is the current one plus a combined update, so a server optimizer
+    # (server.optimizer) can step on that update; False for strategies that re-initialise adapters.
+    steps_by_delta: ClassVar[bool] = True
 
     def __init__(self, cfg: Any, groups: GroupMap, run: RunInfo | None = None) -> None:
         self.cfg = cfg
