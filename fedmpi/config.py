@@ -152,9 +152,74 @@ class FedAraConfig(_Section):
         return self
 
 
+class _LoraMeanConfig(_Section):
+    """The federated-LoRA strategies (fedmpi/strategies/lora_*.py): how clients are weighted."""
+
+    weighting: Literal["samples", "uniform"] = "samples"  # p_c = |D_c| / sum |D|, or 1 / C
+
+
+class FedITConfig(_LoraMeanConfig):
+    """FedIT: A and B averaged separately (with the task head)."""
+
+    name: Literal["fedit"] = "fedit"
+
+
+class FFALoraConfig(_LoraMeanConfig):
+    """FFA-LoRA: A frozen at its initialisation and never sent; B averaged."""
+
+    name: Literal["ffa_lora"] = "ffa_lora"
+
+
+class RoLoraConfig(_LoraMeanConfig):
+    """RoLoRA: odd rounds train and average only B, even rounds only A."""
+
+    name: Literal["rolora"] = "rolora"
+
+
+class FLoraConfig(_LoraMeanConfig):
+    """FLoRA: the exact mean s sum p_c B_c A_c goes into the frozen weight; adapters restart every round."""
+
+    name: Literal["flora"] = "flora"
+
+
+class FedExLoraConfig(_LoraMeanConfig):
+    """FedEx-LoRA: FedIT's means plus the residual that makes the frozen weight exact."""
+
+    name: Literal["fedex_lora"] = "fedex_lora"
+
+
+class _RankedLoraConfig(_LoraMeanConfig):
+    """Per-client LoRA ranks from device classes: rank ``ranks[i]`` for a share ``shares[i]`` of the clients."""
+
+    ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed lora.rank (the global rank)
+    shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+
+    @model_validator(mode="after")
+    def _classes(self) -> _RankedLoraConfig:
+        if len(self.ranks) != len(self.shares) or not self.ranks:
+            raise ValueError(f"strategy.ranks and strategy.shares need one share per rank, got {self.ranks} / {self.shares}")
+        if min(self.ranks) < 1 or min(self.shares) < 0 or abs(sum(self.shares) - 1) > 1e-6:
+            raise ValueError("strategy.ranks must be >= 1 and strategy.shares >= 0 summing to 1")
+        return self
+
+
+class HetLoraConfig(_RankedLoraConfig):
+    """HetLoRA: zero-pad every client to the global rank, weighted sum; client c trains its first r_c ranks."""
+
+    name: Literal["hetlora"] = "hetlora"
+
+
+class FlexLoraConfig(_RankedLoraConfig):
+    """FlexLoRA: the exact mean of the clients' products, truncated by SVD; client c takes r_c ranks."""
+
+    name: Literal["flexlora"] = "flexlora"
+
+
 # One section per strategy, told apart by ``name`` (fedmpi.strategies.STRATEGIES has the classes).
 StrategyConfig = Annotated[
-    FedAvgConfig | HeadPruningConfig | LayerFinetuningConfig | FedAraConfig, Field(discriminator="name")
+    FedAvgConfig | HeadPruningConfig | LayerFinetuningConfig | FedAraConfig | FedITConfig | FFALoraConfig | RoLoraConfig
+    | FLoraConfig | FedExLoraConfig | HetLoraConfig | FlexLoraConfig,
+    Field(discriminator="name"),
 ]
 
 

@@ -52,9 +52,10 @@ class Progress:
         seconds: float,
         mpi_bytes: int,
         download_mpi: int = 0,
-        download_paper_per_client: int = 0,
+        download_paper: list[int] | None = None,  # per update, same order
     ) -> None:
         """Record one round (updates in client id order) and print its line."""
+        download_paper = [0] * len(updates) if download_paper is None else download_paper
         samples = np.array([u.num_samples for u in updates], dtype=np.float64)
         losses = np.array([u.train_loss for u in updates])
         train_loss = float((samples * losses).sum() / samples.sum()) if updates else math.nan
@@ -65,12 +66,12 @@ class Progress:
         if writer is not None:
             self.metric_name = writer.metric
             if updates:
-                self._write_clients(writer, round_, updates, download_paper_per_client)
+                self._write_clients(writer, round_, updates, download_paper)
             writer.append_round(
                 {
                     "round": round_, "num_selected": len(updates), "train_loss": train_loss, "eval_loss": eval_loss,
                     "eval_metric": metric, "global_loss": eval_loss, "upload_bytes_paper": paper_bytes,
-                    "mpi_bytes": mpi_bytes, "download_bytes_paper": download_paper_per_client * len(updates),
+                    "mpi_bytes": mpi_bytes, "download_bytes_paper": sum(download_paper),
                     "download_bytes_mpi": download_mpi, "seconds": seconds, "sparsity": sparsity,
                     "ops": float(sum(u.ops for u in updates)),
                     **{column: (evaluated.metrics.get(name, math.nan) if evaluated else math.nan)
@@ -95,7 +96,7 @@ class Progress:
         self.say(" | ".join(parts))
 
     @staticmethod
-    def _write_clients(writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: int) -> None:
+    def _write_clients(writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: list[int]) -> None:
         rows = {
             "round": np.full(len(updates), round_, dtype=np.int32),
             "client": [u.client for u in updates],
@@ -104,7 +105,7 @@ class Progress:
             "train_loss": [u.train_loss for u in updates],
             "upload_bytes_paper": [u.paper_bytes for u in updates],
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
-            "download_bytes_paper": np.full(len(updates), download_paper, dtype=np.int64),
+            "download_bytes_paper": np.asarray(download_paper, dtype=np.int64),
             "download_bytes_mpi": np.zeros(len(updates), dtype=np.int64),  # no per-client state is sent yet
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],

@@ -30,7 +30,7 @@ from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
 from fedmpi.server import Server
 from fedmpi.models.arch import arch_spec
-from fedmpi.strategies import STRATEGIES, RunInfo, build_strategy
+from fedmpi.strategies import STRATEGIES, RunInfo
 from fedmpi.worker import Worker, assign_clients
 
 
@@ -130,7 +130,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
         batch_size=cfg.client.batch_size, num_epochs=cfg.client.num_epochs, max_length=cfg.data.max_length,
         devices=cfg.devices, model=bundle.model, task_head=_task_head(bundle, task.kind),
     )  # fmt: skip
-    strategy = build_strategy(cfg.strategy, STRATEGIES[cfg.strategy.name].group_map(bundle), run)
+    strategy = STRATEGIES[cfg.strategy.name].for_run(cfg.strategy, bundle, run)
     confidence = None
     if strategy.needs_confidence:
         use_confidence_attention(bundle.model)
@@ -205,7 +205,18 @@ def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[C
         parts.params[:] = parts.server.params
     before = comm.bytes_moved
     comm.bcast_array(parts.params)
+    _sync_frozen_weights(comm, parts)
     return gathered, download + comm.bytes_moved - before
+
+
+def _sync_frozen_weights(comm: Communicator, parts: _Parts) -> None:
+    """Every rank's model takes rank 0's frozen weights, for strategies that move them (FLoRA, FedEx-LoRA)."""
+    strategy = parts.worker.strategy
+    if not strategy.moves_frozen_weights:
+        return
+    frozen = strategy.frozen_weights() if parts.server is not None else strategy.frozen_weights().copy()
+    comm.bcast_array(frozen)  # on ranks > 0 the local copy is only the buffer's shape
+    strategy.set_frozen_weights(parts.worker.trainer.bundle.model, frozen)
 
 
 def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Path | None:
@@ -219,6 +230,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
         first_round = comm.bcast(parts.first_round)
         if first_round > 0:  # resumed: every rank continues from rank 0's checkpointed vector
             comm.bcast_array(parts.params)
+            _sync_frozen_weights(comm, parts)
         for round_ in range(first_round, cfg.server.num_rounds + 1):
             start, moved = time.perf_counter(), comm.bytes_moved
             updates, download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0)
@@ -227,10 +239,12 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
             if server is not None:
                 if evaluated is not None:
                     server.global_loss = evaluated.loss
+                ordered = sorted(updates, key=lambda u: u.client)
+                adapter_bytes = parts.worker.upload_size.download
                 progress.round(
-                    writer, round_, cfg.server.num_rounds, sorted(updates, key=lambda u: u.client), evaluated,
-                    seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved,
-                    download_mpi=download_mpi, download_paper_per_client=parts.worker.upload_size.download,
+                    writer, round_, cfg.server.num_rounds, ordered, evaluated,
+                    seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved, download_mpi=download_mpi,
+                    download_paper=[server.strategy.download_bytes(u.client, adapter_bytes) for u in ordered],
                 )  # fmt: skip
                 writer.checkpoint(server.state(round_))
         if writer is not None:

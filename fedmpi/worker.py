@@ -77,6 +77,7 @@ class Worker:
         strategy, trainer = self.strategy, self.trainer
         ctx = ClientContext(client, round_, int(indices.size), seeding.rng(self.seed, seeding.PRUNE, round_, client), message)
         measured: dict[str, np.ndarray] = {}
+        params = strategy.client_params(ctx, params)
 
         def score() -> np.ndarray:  # the received model's importance, for masks chosen before training
             measured["scores"] = trainer.measure_importance(indices, params, round_, client)

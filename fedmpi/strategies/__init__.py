@@ -13,10 +13,20 @@ from fedmpi.models.groups import GroupMap
 from fedmpi.strategies.base import ClientBudget, ClientContext, LocalHooks, RunInfo, Strategy
 from fedmpi.strategies.fedara import FedAra
 from fedmpi.strategies.fedavg import FedAvg
+from fedmpi.strategies.fedex_lora import FedExLora
+from fedmpi.strategies.fedit import FedIT
+from fedmpi.strategies.ffa_lora import FFALora
+from fedmpi.strategies.flexlora import FlexLora
+from fedmpi.strategies.flora import FLora
 from fedmpi.strategies.head_pruning import HeadPruning
+from fedmpi.strategies.hetlora import HetLora
 from fedmpi.strategies.layer_finetuning import LayerFinetuning
+from fedmpi.strategies.rolora import RoLora
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, HeadPruning, LayerFinetuning, FedAra)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (FedAvg, HeadPruning, LayerFinetuning, FedAra, FedIT, FFALora, RoLora, FLora, FedExLora, HetLora, FlexLora)
+}
 
 
 def build_strategy(cfg: Any, groups: GroupMap, run: RunInfo | None = None) -> Strategy:

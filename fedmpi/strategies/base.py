@@ -111,6 +111,15 @@ class Strategy:
         """Whether clients ever measure head confidence (Eq. 6), so attention must record it."""
         return self.importance == "confidence"
 
+    # The strategy also changes frozen weights (FLoRA, FedEx-LoRA): rank 0's ``frozen_weights()``
+    # is broadcast after every aggregation and written into every rank's model by ``set_frozen_weights``.
+    moves_frozen_weights: ClassVar[bool] = False
+
+    @classmethod
+    def for_run(cls, cfg: Any, bundle: Any, run: RunInfo) -> Strategy:
+        """The strategy for a run's built model (``ModelBundle``); default: ``cls(cfg, cls.group_map(bundle), run)``."""
+        return cls(cfg, cls.group_map(bundle), run)
+
     @classmethod
     def group_map(cls, bundle: Any) -> GroupMap:
         """The parameter groups this strategy works on, for a built model (``ModelBundle``).
@@ -121,6 +130,14 @@ class Strategy:
         return bundle.groups
 
     # ---- client side (every rank) ----------------------------------------------------------
+    def client_params(self, ctx: ClientContext, params: np.ndarray) -> np.ndarray:
+        """The vector this client starts from; its delta is taken against it. Default: the global one."""
+        return params
+
+    def set_frozen_weights(self, model: Any, frozen: np.ndarray) -> None:
+        """Write rank 0's broadcast frozen weights into this rank's model (``moves_frozen_weights``)."""
+        raise NotImplementedError
+
     def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
         """Groups that train this round (bool per group), or None for all of them.
 
@@ -153,6 +170,14 @@ class Strategy:
     def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
         """The next global trainable vector from updates given in client id order."""
         raise NotImplementedError
+
+    def frozen_weights(self) -> np.ndarray:
+        """The frozen weights every rank's model must hold now (``moves_frozen_weights``), float32."""
+        raise NotImplementedError
+
+    def download_bytes(self, client: int, adapter_bytes: int) -> int:
+        """The paper-convention bytes client ``client`` receives; default: every adapter element."""
+        return adapter_bytes
 
     def state(self) -> dict[str, np.ndarray]:
         """Server state to checkpoint after every round (arrays only, restored bit-exactly)."""
