@@ -8,6 +8,7 @@ from fedmpi.client import LocalTrainer
 from fedmpi.config import ClientConfig
 from fedmpi.data import load_task, tokenize_split
 from fedmpi.models import LoraSettings, build_model
+from fedmpi.models.groups import GroupMap
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def setup():
 def trainer(setup, **client):
     bundle, train, _ = setup
     cfg = ClientConfig(batch_size=4, lr=0.01, **client)
-    return LocalTrainer(bundle, train, cfg, device=torch.device("cpu"), seed=0, confidence=None)
+    groups = GroupMap.empty(bundle.layout.numel)
+    return LocalTrainer(bundle, train, cfg, device=torch.device("cpu"), seed=0, confidence=None, groups=groups)
 
 
 def test_proximal_gradient_is_mu_times_the_distance(setup):
