@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import TINY_RUN
 
+from fedmpi.analyze import load_run
 from fedmpi.comm import LocalComm
 from fedmpi.config import load_config
 from fedmpi.lora_rules import client_weights
@@ -136,3 +137,52 @@ def test_hetlora_and_flexlora_with_two_client_ranks(tmp_path, monkeypatch, model
                 exact = sum(pc * product(f, *f.split(c)) for pc, c in zip(p, clients))
                 u, sv, vt = np.linalg.svd(exact)
                 np.testing.assert_allclose(now, (u[:, :4] * sv[:4]) @ vt[:4], rtol=1e-3, atol=1e-6)
+
+
+def test_fedprox_at_mu_zero_is_fedavg_bit_for_bit(tmp_path):
+    common = [*TINY_RUN, *ROUND, "model.name=tiny-bert", f"output.dir={tmp_path}"]
+    paths = [run(load_config(None, [*common, f"output.name={n}", *extra]), LocalComm(), Progress(enabled=False))
+             for n, extra in (("plain", []), ("prox0", ["client.prox_mu=0.0"]), ("prox", ["client.prox_mu=1.0"]))]  # fmt: skip
+    plain, prox0, prox = (load_run(p).final_trainable for p in paths)
+    assert plain.tobytes() == prox0.tobytes()
+    assert plain.tobytes() != prox.tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["flora", "hetlora"])
+def test_resume_restores_frozen_weights_and_client_ranks(tmp_path, name):
+    common = [*TINY_RUN, *ROUND, "model.name=tiny-bert", f"output.dir={tmp_path}", f"strategy.name={name}"]
+    if name == "hetlora":
+        common += RANKS
+
+    def go(out, *extra):
+        return run(load_config(None, [*common, f"output.name={out}", *extra]), LocalComm(), Progress(enabled=False))
+
+    whole = go("whole", "server.num_rounds=3")
+    go("parts", "server.num_rounds=1")
+    parts = go("parts", "server.num_rounds=3", "output.resume=true")
+    a, b = load_run(whole), load_run(parts)
+    assert a.final_trainable.tobytes() == b.final_trainable.tobytes()
+    np.testing.assert_array_equal(a.rounds["eval_loss"], b.rounds["eval_loss"])  # every rank's model saw the same weights
+    np.testing.assert_array_equal(a.rounds["download_bytes_paper"], b.rounds["download_bytes_paper"])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", ["hetlora", "flora"])
+def test_one_and_three_ranks_agree_bit_for_bit(tmp_path, name):
+    """HetLoRA's per-client ranks and FLoRA's frozen weights do not depend on the rank count.
+
+    Evaluation is spread over the ranks, so equal eval losses also show that every rank's
+    model holds the frozen weights rank 0 computed.
+    """
+    from conftest import run_launch
+    from test_end_to_end import _same
+
+    args = [*TINY_RUN, *ROUND, "server.num_rounds=2", "model.name=tiny-bert", f"strategy.name={name}", f"output.dir={tmp_path}"]
+    if name == "hetlora":
+        args += RANKS
+    for ranks in (None, 3):
+        proc = run_launch([*args, f"output.name=n{ranks}"], ranks=ranks)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    _same(tmp_path / "nNone.h5", tmp_path / "n3.h5")
+    assert load_run(tmp_path / "n3.h5").rounds["download_bytes_mpi"][1] > 0
