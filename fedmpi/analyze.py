@@ -65,7 +65,7 @@ def _read_group(f: h5py.File, name: str, required: dict[str, str]) -> dict[str, 
     """One group's datasets as arrays (strings decoded), or None if the file has no such group."""
     if name not in f:
         return None
-    if missing := sorted(set(required) - set(f[name])):
+    if missing := sorted(set(required) - set(f[name]) - rs.OPTIONAL_COLUMNS):
         raise ResultFileError(f"{f.filename}:/{name}: missing datasets {missing}")
     arrays = {
         key: ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]

@@ -73,6 +73,10 @@ ROUND_METRIC_COLUMNS: dict[str, str] = {
     "eval_rouge2": METRIC_ROUGE_2,
 }
 
+# Columns added after a format version was fixed: writers always write them, readers must not
+# require them (files written before they existed lack them).
+OPTIONAL_COLUMNS = frozenset({"download_bytes_paper", "download_bytes_mpi"})
+
 # --- /clients: one row per (round, client) participation; 1-D resizable datasets, plus the
 # 2-D CLIENT_GROUP_COLUMNS of shape (rows, num_groups_total) when num_groups_total > 0.
 GROUP_CLIENTS = "clients"
