@@ -215,10 +215,24 @@ class FlexLoraConfig(_RankedLoraConfig):
     name: Literal["flexlora"] = "flexlora"
 
 
+class FedSALoraConfig(_LoraMeanConfig):
+    """FedSA-LoRA: only A is shared; every client keeps its B and task head (a per-client store on rank 0)."""
+
+    name: Literal["fedsa_lora"] = "fedsa_lora"
+    store: Literal["memory", "disk"] = "memory"  # disk: one .npy per client and version under store_dir
+    store_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _disk_needs_a_folder(self) -> FedSALoraConfig:
+        if self.store == "disk" and not self.store_dir:
+            raise ValueError("strategy.store=disk needs strategy.store_dir (a folder on a file system rank 0 can write)")
+        return self
+
+
 # One section per strategy, told apart by ``name`` (fedmpi.strategies.STRATEGIES has the classes).
 StrategyConfig = Annotated[
     FedAvgConfig | HeadPruningConfig | LayerFinetuningConfig | FedAraConfig | FedITConfig | FFALoraConfig | RoLoraConfig
-    | FLoraConfig | FedExLoraConfig | HetLoraConfig | FlexLoraConfig,
+    | FLoraConfig | FedExLoraConfig | HetLoraConfig | FlexLoraConfig | FedSALoraConfig,
     Field(discriminator="name"),
 ]
 

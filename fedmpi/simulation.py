@@ -181,16 +181,26 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
 def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult | None:
     bounds = batch_bounds(parts.num_eval, batch_size)
     mine = bounds[comm.rank :: comm.size]
-    results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, parts.params))
-    gathered = comm.gather(results)
-    return combine(gathered, len(bounds)) if gathered is not None else None
+    strategy, server = parts.worker.strategy, parts.server
+    models = [parts.params]
+    if strategy.personal_evaluation:  # per-client models (FedSA-LoRA); their mean is the round's figure
+        models = comm.bcast(server.strategy.evaluation_vectors(parts.params) if server else None) or models
+    evaluated = []
+    for params in models:
+        results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params))
+        gathered = comm.gather(results)
+        evaluated.append(combine(gathered, len(bounds)) if gathered is not None else None)
+    if evaluated[0] is None:
+        return None
+    return EvalResult(loss=float(np.mean([e.loss for e in evaluated])), metric=float(np.mean([e.metric for e in evaluated])))
 
 
 def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[ClientUpdate] | None, int]:
     """One round's training and aggregation; also the bytes rank 0 sent (the download over MPI)."""
     server = parts.server
     before = comm.bytes_moved
-    selected, message = comm.bcast((server.select(round_), server.strategy.round_message(round_)) if server else None)
+    selected = server.select(round_) if server else None
+    selected, message = comm.bcast((selected, server.strategy.round_message(round_, selected)) if server else None)
     download = comm.bytes_moved - before
     mine = assign_clients(selected, parts.worker_ranks).get(comm.rank, [])
     updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message))

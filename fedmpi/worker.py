@@ -101,7 +101,7 @@ class Worker:
             train_loss=result.train_loss,
             seconds=result.seconds,
             ops=self.ops_per_sample(realised_sparsity(mask)) * indices.size * self.num_epochs,
-            paper_bytes=self.upload_size(mask),
+            paper_bytes=strategy.upload_bytes(self.upload_size, mask),
             peak_memory_bytes=result.usage.peak_memory_bytes,
             saved_activation_bytes=result.usage.saved_activation_bytes,
             **dataclasses.asdict(strategy.client_budget(ctx)),

@@ -52,7 +52,7 @@ def client_vectors(seen):
     s = seen["strategy"]
     out = []
     for u in seen["updates"]:
-        ctx = ClientContext(u.client, 1, u.num_samples, np.random.default_rng(0), s.round_message(1))
+        ctx = ClientContext(u.client, 1, u.num_samples, np.random.default_rng(0), s.round_message(1, np.array([u.client for u in seen["updates"]])))
         out.append(s.client_params(ctx, seen["params"]).astype(np.float64) + densify(u, s.groups.group_index))
     return out
 

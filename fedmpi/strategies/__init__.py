@@ -15,6 +15,7 @@ from fedmpi.strategies.fedara import FedAra
 from fedmpi.strategies.fedavg import FedAvg
 from fedmpi.strategies.fedex_lora import FedExLora
 from fedmpi.strategies.fedit import FedIT
+from fedmpi.strategies.fedsa_lora import FedSALora
 from fedmpi.strategies.ffa_lora import FFALora
 from fedmpi.strategies.flexlora import FlexLora
 from fedmpi.strategies.flora import FLora
@@ -25,7 +26,7 @@ from fedmpi.strategies.rolora import RoLora
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, HeadPruning, LayerFinetuning, FedAra, FedIT, FFALora, RoLora, FLora, FedExLora, HetLora, FlexLora)
+    for cls in (FedAvg, HeadPruning, LayerFinetuning, FedAra, FedIT, FFALora, RoLora, FLora, FedExLora, HetLora, FlexLora, FedSALora)
 }
 
 

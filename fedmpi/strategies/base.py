@@ -114,6 +114,8 @@ class Strategy:
     # The strategy also changes frozen weights (FLoRA, FedEx-LoRA): rank 0's ``frozen_weights()``
     # is broadcast after every aggregation and written into every rank's model by ``set_frozen_weights``.
     moves_frozen_weights: ClassVar[bool] = False
+    # Evaluation runs on the per-client models ``evaluation_vectors`` gives (FedSA-LoRA), not the global one.
+    personal_evaluation: ClassVar[bool] = False
 
     @classmethod
     def for_run(cls, cfg: Any, bundle: Any, run: RunInfo) -> Strategy:
@@ -163,8 +165,8 @@ class Strategy:
         return ClientBudget(-1 if self.device_class is None else int(self.device_class[ctx.client]))
 
     # ---- server side (rank 0) --------------------------------------------------------------
-    def round_message(self, round_: int) -> Any:
-        """Broadcast to every client of ``round_`` with the selection (None: nothing)."""
+    def round_message(self, round_: int, selected: np.ndarray) -> Any:
+        """Broadcast to every client of ``round_`` with the selection ``selected`` (None: nothing)."""
         return None
 
     def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
@@ -174,6 +176,14 @@ class Strategy:
     def frozen_weights(self) -> np.ndarray:
         """The frozen weights every rank's model must hold now (``moves_frozen_weights``), float32."""
         raise NotImplementedError
+
+    def upload_bytes(self, sizer: Callable[[np.ndarray | None], int], mask: np.ndarray | None) -> int:
+        """The paper-convention upload of a client that sent ``mask``; default: the sizer's count."""
+        return sizer(mask)
+
+    def evaluation_vectors(self, params: np.ndarray) -> list[np.ndarray] | None:
+        """Rank 0, ``personal_evaluation``: the client models to evaluate (their mean is reported), or None."""
+        return None
 
     def download_bytes(self, client: int, adapter_bytes: int) -> int:
         """The paper-convention bytes client ``client`` receives; default: every adapter element."""

@@ -22,7 +22,7 @@ class FLora(FrozenWeightLora):
     cfg: FLoraConfig
     _round = 0
 
-    def round_message(self, round_: int) -> None:
+    def round_message(self, round_: int, selected: np.ndarray) -> None:
         self._round = round_  # the fresh adapters of this round's aggregation are keyed by it
         return None
 

@@ -26,7 +26,7 @@ class RoLora(LoraStrategy):
     def lora_groups(cls, factors: tuple[LoraFactors, ...], numel: int) -> GroupMap:
         return factor_groups(factors, numel)
 
-    def round_message(self, round_: int) -> str:
+    def round_message(self, round_: int, selected: np.ndarray) -> str:
         return rolora_factor(round_)
 
     def train_mask(self, ctx: ClientContext, score) -> np.ndarray:
