@@ -190,9 +190,13 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult 
         results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params))
         gathered = comm.gather(results)
         evaluated.append(combine(gathered, len(bounds)) if gathered is not None else None)
-    if evaluated[0] is None:
-        return None
-    return EvalResult(loss=float(np.mean([e.loss for e in evaluated])), metric=float(np.mean([e.metric for e in evaluated])))
+    if evaluated[0] is None or len(evaluated) == 1:
+        return evaluated[0]
+    return EvalResult(
+        loss=float(np.mean([e.loss for e in evaluated])),
+        metric=float(np.mean([e.metric for e in evaluated])),
+        metrics={key: float(np.mean([e.metrics[key] for e in evaluated])) for key in evaluated[0].metrics},
+    )
 
 
 def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[ClientUpdate] | None, int]:
