@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedmpi.config import ServerConfig
+from fedmpi.nonfinite import describe_rejected, split_finite
 from fedmpi.payload import ClientUpdate
 from fedmpi.results import ServerState
 from fedmpi.selection import SelectionInput, select
@@ -26,6 +27,7 @@ class Server:
         self.last_loss = np.full(num_clients, np.inf)
         self.times_seen = np.zeros(num_clients, dtype=np.int32)
         self.global_loss = float("nan")  # L_g of the latest evaluated global model
+        self.rejected: list[int] = []  # clients whose update the last apply() rejected as non-finite
 
     def state(self, round_: int) -> ServerState:
         return ServerState(round_, self.params, self.last_loss, self.times_seen, self.global_loss, self.strategy.state())
@@ -43,10 +45,24 @@ class Server:
         state = SelectionInput(round_, self.cfg.num_clients_per_round, self.last_loss, self.global_loss, self.seed)
         return select(self.cfg.selection, state)
 
-    def apply(self, updates: list[ClientUpdate]) -> None:
-        """Combine one round's updates (in client id order) into the global vector."""
-        updates = sorted(updates, key=lambda u: u.client)
-        self.params = self.strategy.aggregate(self.params, updates, self.cfg.lr)
+    def apply(self, updates: list[ClientUpdate], round_: int) -> None:
+        """Combine one round's updates (in client id order) into the global vector.
+
+        Non-finite updates are rejected (``self.rejected``) or end the run (on_nonfinite=fail);
+        a rejected client's table entry stays as it was.
+        """
+        updates, rejected = split_finite(sorted(updates, key=lambda u: u.client))
+        if rejected and self.cfg.on_nonfinite == "fail":
+            raise ValueError(describe_rejected(round_, rejected))
+        if updates:
+            combined = self.strategy.aggregate(self.params, updates, self.cfg.lr)
+            if not np.isfinite(combined).all():  # finite updates whose combination overflows float32
+                updates, rejected = [], rejected + updates
+                if self.cfg.on_nonfinite == "fail":
+                    raise ValueError(describe_rejected(round_, rejected))
+            else:
+                self.params = combined
+        self.rejected = sorted(u.client for u in rejected)
         for u in updates:
             self.last_loss[u.client] = u.train_loss
             self.times_seen[u.client] += 1
