@@ -5,6 +5,9 @@ Change a name or a meaning here -> bump FORMAT_VERSION. Dtypes are numpy dtype n
 ("str" means a variable-length UTF-8 string, ``h5py.string_dtype()``).
 """
 
+# 2: heads became parameter groups (/groups, group_mask, num_groups_total)
+# 3: the checkpoint in its own file, rejected updates, resume records
+FORMAT_VERSION = 3
 
 # --- root attributes ------------------------------------------------------------------------
 ATTR_FORMAT_VERSION = "format_version"
