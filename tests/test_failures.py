@@ -72,12 +72,12 @@ import os, signal
 if os.environ.get("PMI_RANK") == "1":
     import fedmpi.worker as w
     original = w.Worker.train_client
-    def stalling(self, client, params, round_):
+    def stalling(self, client, params, round_, message=None):
         if round_ == 2:
             with open(os.environ["STALLED_PID_FILE"], "w") as f:
                 f.write(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGSTOP)
-        return original(self, client, params, round_)
+        return original(self, client, params, round_, message)
     w.Worker.train_client = stalling
 """
 
