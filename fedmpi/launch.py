@@ -111,7 +111,12 @@ def _claim_output(cfg: Config, comm: Communicator) -> Config:
     name = comm.bcast(run_name(cfg) if comm.rank == 0 else None)
     cfg = cfg.with_run_name(name)
     replace = cfg.output.overwrite or cfg.output.resume
-    collective(comm, "output", lambda: check_result_path(Path(cfg.output.dir), name, replace=replace) if comm.rank == 0 else None)
+
+    def claim() -> None:
+        if comm.rank == 0:
+            check_result_path(Path(cfg.output.dir), name, replace=replace)
+
+    collective(comm, "output", claim, warmup=True)
     return cfg
 
 
