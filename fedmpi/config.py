@@ -33,8 +33,17 @@ class OutputConfig(_Section):
     resume: bool = False  # continue run output.name from its last checkpoint (start it if there is none)
 
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith(".")):
+            raise ValueError(f"{name!r} must be a plain file name (no path separators, not starting with '.'); use output.dir for the folder")
+        return name
+
+
 class DataConfig(_Section):
-    source: str = "embedded"  # embedded | jsonl | 20newsgroups | e2e_nlg | multinli | sick | xlsum
+    # = the registered data.SOURCES (tests/test_config.py keeps them equal)
+    source: Literal["embedded", "jsonl", "20newsgroups", "e2e_nlg", "multinli", "sick", "xlsum"] = "embedded"
     path: str | None = None  # local folder for 20newsgroups / e2e_nlg / multinli / sick / xlsum (hub when None)
     train_file: str | None = None  # jsonl source
     eval_file: str | None = None
@@ -90,6 +99,7 @@ class ServerConfig(_Section):
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
+    on_nonfinite: Literal["skip", "fail"] = "skip"  # a client update with NaN/inf: rejected, or ends the run
 
     @field_validator("selection")
     @classmethod
@@ -241,6 +251,10 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # None: the node's cores / ranks on the node
     comm: Literal["auto", "mpi", "local"] = "auto"
+    # Seconds a rank waits at a phase's agreement for the slowest rank before the job is ended
+    # (the first phases get 4x). It bounds the spread between ranks, so with
+    # server.trains_clients=false it must exceed a round's training time.
+    phase_timeout: float = Field(1800.0, gt=0)
 
 
 class Config(_Section):
@@ -268,7 +282,22 @@ class Config(_Section):
             raise ValueError("output.resume and output.overwrite exclude each other")
         if self.data.source == "jsonl" and not (self.data.train_file and self.data.eval_file):
             raise ValueError("data.source=jsonl needs data.train_file and data.eval_file")
+        d = self.data
+        if d.source == "embedded" and d.num_clients > min(d.num_train, d.max_train_samples or d.num_train):
+            raise ValueError(
+                f"data.num_clients ({d.num_clients}) exceeds the embedded task's training examples "
+                f"({min(d.num_train, d.max_train_samples or d.num_train)}): every client needs at least one"
+            )
         return self
+
+    def check_world(self, num_ranks: int) -> None:
+        """What the config asks of the MPI world, checked before anything is loaded."""
+        if not self.server.trains_clients and num_ranks < 2:
+            raise ConfigError("server.trains_clients=false needs at least 2 ranks (rank 0 would only serve)")
+
+    def with_run_name(self, name: str) -> Config:
+        """This config with output.name fixed (every rank must use rank 0's generated name)."""
+        return self.model_copy(update={"output": self.output.model_copy(update={"name": name})})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -318,6 +347,8 @@ def _format_errors(exc: ValidationError) -> str:
             if err["loc"][0] == "strategy" and len(err["loc"]) > 1 and err["loc"][1] in _STRATEGY_NAMES:
                 msg = f"unknown key for strategy.name={err['loc'][1]}"
         lines.append(f"{key}: {msg}" if err["loc"] else msg)
+    if len(lines) == 1:
+        return f"invalid configuration: {lines[0]}"
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -5,7 +5,9 @@ Change a name or a meaning here -> bump FORMAT_VERSION. Dtypes are numpy dtype n
 ("str" means a variable-length UTF-8 string, ``h5py.string_dtype()``).
 """
 
-FORMAT_VERSION = 2  # 2: heads became parameter groups (/groups, group_mask, num_groups_total)
+# 2: heads became parameter groups (/groups, group_mask, num_groups_total)
+# 3: the checkpoint in its own file, rejected updates, resume records
+FORMAT_VERSION = 3
 
 # --- root attributes ------------------------------------------------------------------------
 ATTR_FORMAT_VERSION = "format_version"
@@ -16,7 +18,9 @@ ATTR_TORCH_VERSION = "torch_version"
 ATTR_TRANSFORMERS_VERSION = "transformers_version"
 ATTR_PEFT_VERSION = "peft_version"
 ATTR_PYTHON_VERSION = "python_version"
-ATTR_NUM_RANKS = "num_ranks"
+ATTR_NUM_RANKS = "num_ranks"  # of the first run; resumptions are recorded below
+ATTR_RESUMED_AT = "resumed_at"  # only when resumed: ISO 8601 times, one per resumption
+ATTR_RESUMED_NUM_RANKS = "resumed_num_ranks"  # only when resumed: int32, the ranks of each resumption
 ATTR_STARTED_AT = "started_at"  # ISO 8601
 ATTR_STATUS = "status"  # one of STATUSES
 ATTR_METRIC = "metric"  # one of METRICS
@@ -64,6 +68,7 @@ ROUND_COLUMNS: dict[str, str] = {
     "seconds": "float64",  # wall time of the round
     "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
     "ops": "float64",  # analytic OPs summed over the round's clients
+    "num_rejected": "int32",  # client updates rejected as non-finite (server.on_nonfinite=skip)
 }
 # Further /rounds columns (float64) of metrics beside eval_metric: column -> metric name. NaN
 # where the task does not report the metric (classification) or the round was not evaluated.
@@ -95,6 +100,7 @@ CLIENT_COLUMNS: dict[str, str] = {
     "seconds": "float64",
     "ops": "float64",
     "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
+    "rejected": "bool",  # the update was not finite and was left out of the aggregate
 }
 # Written by every run, optional for readers (files from before they existed lack them):
 CLIENT_COST_COLUMNS: dict[str, str] = {
@@ -126,14 +132,15 @@ GROUP_COLUMNS: dict[str, str] = {
 GROUP_FINAL = "final"
 FINAL_TRAINABLE = "final/trainable"  # float32 1-D: the final global trainable vector
 
-# --- /checkpoint: the server's state after the last completed round, rewritten every round;
-# what output.resume=true continues from. attrs: round (int), global_loss (float).
-GROUP_CHECKPOINT = "checkpoint"
+# --- the checkpoint: its own file <name>.ckpt.h5 beside <name>.h5, replaced (written under a
+# temporary name, then renamed) after every round; the server's state after the last completed
+# round, what output.resume=true continues from. Datasets below; attrs: round (int), global_loss (float).
+CHECKPOINT_SUFFIX = ".ckpt.h5"
 CHECKPOINT_ARRAYS: dict[str, str] = {
     "trainable": "float32",  # the global trainable vector
     "last_loss": "float64",  # per client: loss of its last participation (+inf: never seen)
     "times_seen": "int32",  # per client: participations so far
 }
-CHECKPOINT_STRATEGY = "strategy"  # subgroup of /checkpoint: the strategy's server state, one array per name
+CHECKPOINT_STRATEGY = "strategy"  # group of the checkpoint file: the strategy's server state, one array per name
 ATTR_CHECKPOINT_ROUND = "round"
 ATTR_CHECKPOINT_GLOBAL_LOSS = "global_loss"

@@ -9,7 +9,6 @@ job on all ranks with one message. Round 0 evaluates the initial model.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmpi import accounting, runtime, seeding
+from fedmpi import accounting, output_files, runtime, seeding
 from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
 from fedmpi.evaluation import EvalResult, batch_bounds, combine
 from fedmpi.models import HeadConfidence, LoraSettings, ModelBundle, build_model, use_confidence_attention
+from fedmpi.models.limits import check_lengths
 from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
@@ -46,18 +46,8 @@ class _Parts:
     writer: ResultWriter | None = None  # rank 0 only
 
 
-def run_name(cfg: Config) -> str:
-    if cfg.output.name:
-        return cfg.output.name
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.strategy.name}-{cfg.server.selection}-s{cfg.seed}-{stamp}"
-
-
 def result_path(cfg: Config, name: str) -> Path:
-    path = Path(cfg.output.dir) / f"{name}.h5"
-    if path.exists() and not (cfg.output.overwrite or cfg.output.resume):
-        raise ValueError(f"output: {path} already exists; set output.name=... or output.overwrite=true")
-    return path
+    return output_files.check_result_path(Path(cfg.output.dir), name, replace=cfg.output.overwrite or cfg.output.resume)
 
 
 def _worker_ranks(cfg: Config, comm: Communicator) -> list[int]:
@@ -120,11 +110,13 @@ def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float
 
 def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     """Every rank: device, data, model, partition and the worker role. Writes no file."""
-    device = runtime.configure(cfg.runtime, comm)
+    device, threads = runtime.configure(cfg.runtime, comm)
     worker_ranks = _worker_ranks(cfg, comm)
     task = _load_task(cfg)
     progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
     bundle = _build_model(cfg, task, device)
+    target_length = cfg.data.max_target_length if task.kind == "generation" else None
+    check_lengths(bundle.model.get_base_model().config, max_length=cfg.data.max_length, max_target_length=target_length)
     run = RunInfo(
         seed=cfg.seed, num_rounds=cfg.server.num_rounds, num_clients=cfg.data.num_clients,
         batch_size=cfg.client.batch_size, num_epochs=cfg.client.num_epochs, max_length=cfg.data.max_length,
@@ -149,7 +141,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     progress.say(
         f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
         f"{groups.num_groups} groups in {len(groups.families)} families; device {device}, "
-        f"{runtime.threads_per_rank(cfg.runtime, comm.local_size)} thread(s) per rank, {comm.size} rank(s)"
+        f"{threads} thread(s) per rank, {comm.size} rank(s)"
     )
     progress.say(
         f"federation: {cfg.data.num_clients} clients ({cfg.data.partition}), {cfg.server.num_clients_per_round} per "
@@ -178,7 +170,7 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     )  # fmt: skip
 
 
-def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult | None:
+def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int) -> EvalResult | None:
     bounds = batch_bounds(parts.num_eval, batch_size)
     mine = bounds[comm.rank :: comm.size]
     strategy, server = parts.worker.strategy, parts.server
@@ -187,7 +179,7 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult 
         models = comm.bcast(server.strategy.evaluation_vectors(parts.params) if server else None) or models
     evaluated = []
     for params in models:
-        results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params))
+        results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params), warmup=round_ <= 1)
         gathered = comm.gather(results)
         evaluated.append(combine(gathered, len(bounds)) if gathered is not None else None)
     if evaluated[0] is None or len(evaluated) == 1:
@@ -207,14 +199,16 @@ def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[C
     selected, message = comm.bcast((selected, server.strategy.round_message(round_, selected)) if server else None)
     download = comm.bytes_moved - before
     mine = assign_clients(selected, parts.worker_ranks).get(comm.rank, [])
-    updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message))
+    updates = collective(
+        comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message), warmup=round_ <= 1
+    )
     buffer, meta = pack(updates)
     buffers = comm.gather_arrays(buffer)
     metas = comm.gather(meta)
     gathered = None
     if parts.server is not None:
         gathered = [u for b, m in zip(buffers, metas) for u in unpack(b, m)]
-    collective(comm, "aggregation", lambda: parts.server.apply(gathered) if parts.server else None)
+    collective(comm, "aggregation", lambda: parts.server.apply(gathered, round_) if parts.server else None, warmup=round_ <= 1)
     if parts.server is not None:
         parts.params[:] = parts.server.params
     before = comm.bytes_moved
@@ -236,9 +230,9 @@ def _sync_frozen_weights(comm: Communicator, parts: _Parts) -> None:
 def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Path | None:
     """Run one simulation; returns the result file's path on rank 0, None elsewhere."""
     progress = progress or Progress(enabled=comm.rank == 0)
-    name = comm.bcast(run_name(cfg) if comm.rank == 0 else None)
-    parts = collective(comm, "setup", lambda: _build(cfg, comm, progress), debug=True)
-    collective(comm, "output", lambda: _open_results(cfg, comm, parts, name, progress) if comm.rank == 0 else None)
+    name = comm.bcast(output_files.run_name(cfg) if comm.rank == 0 else None)
+    parts = collective(comm, "setup", lambda: _build(cfg, comm, progress), warmup=True)
+    collective(comm, "output", lambda: _open_results(cfg, comm, parts, name, progress) if comm.rank == 0 else None, warmup=True)
     writer, server = parts.writer, parts.server
     try:
         first_round = comm.bcast(parts.first_round)
@@ -249,7 +243,8 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
             start, moved = time.perf_counter(), comm.bytes_moved
             updates, download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0)
             last = round_ == cfg.server.num_rounds
-            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size) if round_ % cfg.server.eval_every == 0 or last else None
+            evaluate = round_ % cfg.server.eval_every == 0 or last
+            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size, round_) if evaluate else None
             if server is not None:
                 if evaluated is not None:
                     server.global_loss = evaluated.loss
@@ -259,6 +254,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
                     writer, round_, cfg.server.num_rounds, ordered, evaluated,
                     seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved, download_mpi=download_mpi,
                     download_paper=[server.strategy.download_bytes(u.client, adapter_bytes) for u in ordered],
+                    rejected=server.rejected if round_ > 0 else [],
                 )  # fmt: skip
                 writer.checkpoint(server.state(round_))
         if writer is not None:

@@ -51,3 +51,23 @@ def test_file_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(None, ["server.num_rounds"])
+
+
+def test_data_source_choices_are_the_registered_sources():
+    import typing
+
+    from fedmpi.config import DataConfig
+    from fedmpi.data import SOURCES
+
+    assert set(typing.get_args(DataConfig.model_fields["source"].annotation)) == set(SOURCES)
+
+
+def test_output_name_must_be_a_plain_file_name_and_clients_need_examples():
+    from fedmpi.config import ConfigError, load_config
+
+    for name in ("../x", "a/b", ".hidden", ".."):
+        with pytest.raises(ConfigError, match="must be a plain file name"):
+            load_config(None, [f"output.name={name}"])
+    with pytest.raises(ConfigError, match=r"data.num_clients \(300\) exceeds the embedded task's training examples \(200\)"):
+        load_config(None, ["data.num_clients=300", "data.max_train_samples=200"])
+    assert load_config(None, ["data.num_clients=200", "data.max_train_samples=200"]).data.num_clients == 200

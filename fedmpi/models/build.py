@@ -167,6 +167,12 @@ def wrap_with_lora(
             f"no default LoRA targets for model type {model_type!r}; set lora.target_modules to its q, k, v projections"
         )
     leaf_types = {n.rpartition(".")[2]: type(m) for n, m in backbone.named_modules()}
+    # peft matches a target by the end of a module's name; say so in fedmpi's words if none does.
+    if not any(t in leaf_types or any(n.endswith(f".{t}") for n, _ in backbone.named_modules()) for t in targets):
+        raise ValueError(
+            f"lora.target_modules={list(targets)}: no module of this {model_type} model has that name; "
+            f"its linear layers are named {sorted(_linear_leaf_names(backbone))}"
+        )
     # peft needs fan_in_fan_out for Conv1D (GPT-2 stores weights as (in, out)).
     fan_in_fan_out = any(leaf_types.get(t) is Conv1D for t in targets)
     task_head = list(spec.task_head) if (spec and kind == "classification") else None
@@ -186,6 +192,10 @@ def wrap_with_lora(
         model = get_peft_model(backbone, config)
     _check_trainable(model, kind=kind, task_head=task_head)
     return model
+
+
+def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
+    return {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
 
 
 def _check_trainable(model: PeftModel, *, kind: str, task_head: list[str] | None) -> None:
