@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import h5py
+
+from fedmpi import results_schema as S
+from fedmpi.output_files import checkpoint_path
 import numpy as np
 import pytest
 from conftest import TINY_RUN
@@ -21,8 +24,8 @@ def run_here(tmp_path, name, *overrides):
 
 
 def final(path):
-    with h5py.File(path) as f:
-        return f["final/trainable"][:], {k: v[()] for k, v in f["checkpoint/strategy"].items()}
+    with h5py.File(path) as f, h5py.File(checkpoint_path(path)) as ckpt:  # the checkpoint is its own file
+        return f["final/trainable"][:], {k: v[()] for k, v in ckpt[S.CHECKPOINT_STRATEGY].items()}
 
 
 @pytest.mark.slow
