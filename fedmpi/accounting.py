@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-PEFT_METHODS = ("lora", "full", "ia3", "prompt", "ptuning")
+PEFT_METHODS = ("lora", "full", "ia3", "prompt", "prefix")  # the config's peft.method names; prefix = P-tuning v2
 NUM_VIRTUAL_TOKENS = 20  # Tp: prompt/P-tuning fit the tables with 20 virtual tokens (the note)
 BYTES_PER_ELEMENT = 4  # fp32 (the note, "Communication")
 _UNITS = {"MiB": 2**20, "KiB": 2**10, "B": 1}
@@ -131,7 +131,7 @@ def ops_per_sequence(
         if T <= Tp:
             raise ValueError(f"seq_len must exceed the {Tp} virtual tokens, got {seq_len}")
         N = T - Tp
-        if peft == "ptuning":  # virtual tokens at every layer
+        if peft == "prefix":  # P-tuning v2: virtual tokens at every layer
             pruned = 3 * N * d * d + 9 * Tp * d * d + 5 * N * N * d
             total = L * (2 * N * d * d + 2 * Tp * d * d + keep * pruned)
         else:  # prompt tuning: virtual tokens at the input only, counted once, not per block

@@ -1,0 +1,94 @@
+"""P-tuning v2: prefix tuning at every layer (peft ``PrefixTuningConfig``, no projection).
+
+The paper's "P-tuning" trains Tp virtual keys and values per attention layer. peft keeps
+them in one table of shape (Tp, L * 2 * d): column c is entry ``c // d`` (layer l's key is
+entry 2l, its value 2l + 1), head ``(c mod d) // dh``. platform.md section 1: head h of
+layer l owns its d_head slice of every virtual key and value of that layer. The layers
+that receive the prefix are the self-attention modules (decoder-only models) or the
+decoder's self-attention (encoder-decoder models: peft hands the prefix to the decoder's
+cache; transformers 5 gives the encoder none).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+from peft import PrefixTuningConfig
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedmpi.models.groups import GroupMap
+from fedmpi.models.heads import AttentionModule, assemble_groups, attention_modules
+from fedmpi.models.params import TrainableLayout
+from fedmpi.peft_methods.common import check_trainable, task_type, unmappable, wrap_peft
+from fedmpi.peft_methods.virtual_tokens import embedding_index, is_virtual_token_param
+
+
+def prefix_layers(model: nn.Module) -> list[AttentionModule]:
+    """The attention modules that receive a prefix, in layer order."""
+    receiver = "decoder_self" if getattr(model.config, "is_encoder_decoder", False) else "self"
+    return [a for a in attention_modules(model) if a.kind == receiver]
+
+
+def _accepts_past_key_values(model: nn.Module) -> bool:
+    return any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, model.base_model))
+
+
+@dataclass(frozen=True)
+class Prefix:
+    num_virtual_tokens: int = 20
+
+    name = "prefix"
+
+    def __post_init__(self) -> None:
+        if self.num_virtual_tokens < 1:
+            raise ValueError(f"peft.prefix.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+
+    def wrap(self, backbone: PreTrainedModel, *, kind: str, task_head: list[str] | None, seed: int) -> nn.Module:
+        if kind == "classification" and not _accepts_past_key_values(backbone):
+            # peft 0.21 feeds the prefix to a classifier as `past_key_values`; transformers 5
+            # renamed that argument `cache`, and peft then refuses at the first forward.
+            raise unmappable(self.name, backbone, (
+                f"peft's prefix tuning for sequence classification passes past_key_values, which "
+                f"{type(backbone).__name__}.forward no longer accepts under transformers 5; prefix tuning runs "
+                "only as generation on an encoder-decoder model (T5, BART)"
+            ))  # fmt: skip
+        layers = prefix_layers(backbone)
+        if not layers:
+            raise unmappable(self.name, backbone, "no self-attention module to receive the prefix")
+        geometry = {(a.num_heads, a.head_dim) for a in layers}
+        if len(geometry) != 1:
+            raise unmappable(self.name, backbone, f"its prefix layers differ in head geometry {sorted(geometry)}")
+        (num_heads, head_dim), = geometry
+        config = PrefixTuningConfig(
+            task_type=task_type(kind, backbone), num_virtual_tokens=self.num_virtual_tokens, prefix_projection=False,
+            num_layers=len(layers), token_dim=num_heads * head_dim, num_attention_heads=num_heads,
+            num_transformer_submodules=1, modules_to_save=None if task_head is None else list(task_head),
+        )  # fmt: skip
+        model = wrap_peft(backbone, config, seed=seed, method=self.name)
+        check_trainable(model, method=self.name, kind=kind, task_head=task_head, is_own=is_virtual_token_param)
+        return model
+
+    def head_groups(self, model: nn.Module, layout: TrainableLayout) -> GroupMap:
+        layers = prefix_layers(model)
+        i = embedding_index(layout)
+        num_tokens, columns = layout.shapes[i]
+        width = layers[0].width
+        if columns != len(layers) * 2 * width:
+            raise unmappable(self.name, model, (
+                f"the prefix table has {columns} columns, not {len(layers)} layers x 2 x {width}"
+            ))  # fmt: skip
+        c = np.arange(columns)
+        layer_of_column = c // (2 * width)
+        head_of_column = (c % width) // layers[0].head_dim
+        flat = slice(int(layout.offsets[i]), int(layout.offsets[i + 1]))
+        owned: dict[int, list[tuple[slice, np.ndarray]]] = {}
+        attentions = attention_modules(model)
+        positions = {a.path: k for k, a in enumerate(attentions)}
+        for layer, a in enumerate(layers):
+            local = np.tile(np.where(layer_of_column == layer, head_of_column, -1), num_tokens).astype(np.int32)
+            owned[positions[a.path]] = [(flat, local)]
+        return assemble_groups(layout.numel, attentions, owned)
+
