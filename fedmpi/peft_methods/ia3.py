@@ -19,7 +19,7 @@ from peft import IA3Config
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedmpi.models.arch import IA3_DEFAULTS
+from fedmpi.models.arch import IA3_DEFAULTS, arch_spec
 from fedmpi.models.groups import GroupMap
 from fedmpi.models.heads import assemble_groups, attention_modules, element_heads, is_conv1d
 from fedmpi.models.params import TrainableLayout
@@ -47,12 +47,11 @@ class Ia3:
             feedforward = default_ff if feedforward is None else feedforward
         if targets is not None and feedforward is None:
             feedforward = ()  # peft requires feedforward modules to be a subset of the targets
-        leaves = {n.rpartition(".")[2]: m for n, m in backbone.named_modules()}
         config = IA3Config(
             task_type=task_type(kind, backbone),
             target_modules=None if targets is None else list(targets),
             feedforward_modules=None if feedforward is None else list(feedforward),
-            fan_in_fan_out=any(t in leaves and is_conv1d(leaves[t]) for t in (targets or ())),
+            fan_in_fan_out=_conv1d_targets(backbone, targets),
             modules_to_save=None if task_head is None else list(task_head),
         )
         model = wrap_peft(backbone, config, seed=seed, method=self.name)
@@ -80,3 +79,12 @@ class Ia3:
         if not owned:
             raise unmappable(self.name, model, "no IA3 vector scales a q/k/v output or a W_o input; no head owns any")
         return assemble_groups(layout.numel, attentions, owned)
+
+
+def _conv1d_targets(backbone: PreTrainedModel, targets: tuple[str, ...] | None) -> bool:
+    """Whether the targets are GPT-2 Conv1D layers (peft needs fan_in_fan_out for their (in, out) weights)."""
+    if targets is None:
+        spec = arch_spec(backbone.config.model_type)
+        return bool(spec and spec.fan_in_fan_out)
+    leaves = {n.rpartition(".")[2]: m for n, m in backbone.named_modules()}
+    return any(t in leaves and is_conv1d(leaves[t]) for t in targets)

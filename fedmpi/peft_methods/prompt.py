@@ -4,6 +4,10 @@ platform.md section 1: an input embedding belongs to no head, so fedmpi uses the
 mapping that still lets the paper's pruning act on it: column block [h*dh, (h+1)*dh) of
 every virtual token belongs to head h of the FIRST attention module (the one that reads the
 tokens first), and is pruned by that head's importance. The task head belongs to no head.
+
+fedmpi asks peft for one prompt (``num_transformer_submodules=1``): peft's default for
+encoder-decoder models (2) allocates a second Tp rows that transformers 5 never reads, so
+half the table would be trained and sent for nothing.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """What the two virtual-token methods share: peft's one embedding table and its column heads.
 
 Prompt tuning and P-tuning v2 (prefix tuning without projection) each train a single
-``prompt_encoder.<adapter>.embedding.weight`` of shape (Tp, columns). fedmpi builds both
-with ``num_transformer_submodules=1``: peft's default for encoder-decoder models (2)
-allocates a second half that transformers 5 never reads (a decoder prompt for prompt
-tuning, a discarded cross-attention prefix for prefix tuning), so half the table would be
-trained and sent for nothing.
+``prompt_encoder.<adapter>.embedding.weight`` of shape (Tp * rows, columns); how its
+columns map to heads is each method's own.
 """
 
 from __future__ import annotations
