@@ -8,7 +8,8 @@ the garbled Table A.6 cannot be used as printed. What a run really costs (measur
 seconds, bytes moved over MPI) is recorded elsewhere, beside these figures.
 
 Pure: numpy/stdlib only; ``transformers`` is touched only through the config object
-handed to :func:`attention_dims`.
+handed to :func:`attention_dims`. Run as ``python -m fedmpi.accounting`` it prints the
+paper's Table 3 from the PEFT methods' head maps (``fedmpi/peft_costs.py``, which needs torch).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def ops_per_sequence(
     sparsity: float = 0.0,
     seq_len: int = 512,
     extra_unpruned_td2: bool = False,
+    num_virtual_tokens: int = NUM_VIRTUAL_TOKENS,
 ) -> float:
     """Multiply-accumulates of one training sequence, forward + backward, over L blocks.
 
@@ -127,7 +129,7 @@ def ops_per_sequence(
     elif peft == "ia3":
         total = L * (2 * T * d * d + keep * (9 * T * d * d + 5 * T * T * d + 9 * T * d))
     else:  # prompt tuning / P-tuning: Tp virtual tokens inside the T, N real ones (the note)
-        Tp = NUM_VIRTUAL_TOKENS
+        Tp = num_virtual_tokens
         if T <= Tp:
             raise ValueError(f"seq_len must exceed the {Tp} virtual tokens, got {seq_len}")
         N = T - Tp
@@ -215,3 +217,9 @@ def format_bytes_paper(nbytes: float, unit: str | None = None, decimals: int = 2
 def format_ops(ops: float, decimals: int = 2) -> str:
     """'33.07 G' style, G = 1e9, rounded half-up like :func:`format_bytes_paper`."""
     return f"{_round_half_up(ops / 1e9, decimals)} G"
+
+
+if __name__ == "__main__":  # python -m fedmpi.accounting: Table 3 from the PEFT methods' head maps
+    from fedmpi.peft_costs import main
+
+    raise SystemExit(main())
