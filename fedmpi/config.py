@@ -88,9 +88,6 @@ class FullConfig(_Section):
     frozen_modules: tuple[str, ...] = ()  # module names whose parameters stay frozen (e.g. [shared])
 
 
-PEFT_METHOD_NAMES = ("lora", "ia3", "prefix", "prompt", "full")
-
-
 class PeftConfig(_Section):
     method: Literal["lora", "ia3", "prefix", "prompt", "full"] = "lora"  # prefix = P-tuning v2
     lora: LoraConfig = LoraConfig()
