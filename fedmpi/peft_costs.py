@@ -19,7 +19,6 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from transformers import AutoModelForSeq2SeqLM, BartConfig, PretrainedConfig, T5Config
 
