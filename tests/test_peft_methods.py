@@ -20,7 +20,7 @@ from fedmpi.models.importance import confidence_attention_forward
 from fedmpi.peft_methods import PEFT_METHODS, Full, Ia3, Lora, Prefix, Prompt, get_method, method_from_config
 
 OPTIONS = {"lora": dict(rank=4), "ia3": {}, "prefix": dict(num_virtual_tokens=3), "prompt": dict(num_virtual_tokens=3), "full": {}}
-MODELS = [(n, "classification") for n in (*TINY_NAMES, "minilm")] + [("tiny-t5", "generation"), ("tiny-bart", "generation")]
+MODELS = [(n, "classification") for n in (*TINY_NAMES, "minilm")] + [(f"tiny-{a}", "generation") for a in ("t5", "bart", "gpt2")]
 CLASSIFIERS = {"tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-t5", "tiny-bart", "tiny-gpt2", "minilm"}
 # What peft 0.21 + transformers 5 cannot do, and the reason the error gives (README "Known limitations").
 UNSUPPORTED = {
@@ -95,12 +95,13 @@ def test_wraps_maps_and_trains_with_pruned_heads_frozen(method: str, name: str, 
     # One local step under head pruning, importance recorded: pruned heads do not move.
     use_confidence_attention(model)
     confidence = HeadConfidence(model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
-    data = tokenize_split(split(kind), bundle.tokenizer, kind=kind, max_length=16, max_target_length=8)
+    data = tokenize_split(split(kind), bundle.tokenizer, kind=kind, max_length=16, max_target_length=8,
+                          causal_lm=bundle.causal_lm)  # fmt: skip
     trainer = LocalTrainer(bundle, data, ClientConfig(batch_size=4, lr=1e-2), device=torch.device("cpu"), seed=0,
-                           confidence=confidence)  # fmt: skip
+                           confidence=confidence, groups=groups)  # fmt: skip
     kept = np.arange(groups.num_groups) % 2 == 0
     start = layout.get_flat(model).numpy().copy()
-    result = trainer.train(np.arange(4), start, 1, 0, record_importance=True, kept_heads=kept)
+    result = trainer.train(np.arange(4), start, 1, 0, record_importance=True, trained_groups=kept)
     assert np.isfinite(result.train_loss) and np.isfinite(result.delta).all()
     assert result.scores.shape == (groups.num_groups,) and (result.scores > 0).all()
     index = groups.group_index
@@ -188,7 +189,8 @@ def test_t5_ia3_is_peft_default_k_v_and_wo() -> None:
     assert bundle.groups.num_groups == 6 * 4  # 2 encoder self + 2 decoder self + 2 cross, 4 heads
 
 
-def test_prefix_columns_are_the_keys_and_values_the_decoder_layers_see() -> None:
+@pytest.mark.parametrize("name", ["tiny-t5", "tiny-gpt2"])
+def test_prefix_columns_are_the_keys_and_values_each_layer_sees(name: str) -> None:
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def recording(module, query, key, value, attention_mask, **kwargs):
@@ -197,15 +199,20 @@ def test_prefix_columns_are_the_keys_and_values_the_decoder_layers_see() -> None
 
     ALL_ATTENTION_FUNCTIONS.register("fedmpi_test_recording", recording)
     ALL_MASK_ATTENTION_FUNCTIONS.register("fedmpi_test_recording", eager_mask)
-    bundle = build("prefix", "tiny-t5", "generation")
+    bundle = build("prefix", name, "generation")
     model, layout, groups = bundle.model, bundle.layout, bundle.groups
     hf_model(model).set_attn_implementation("fedmpi_test_recording")
     table = model.prompt_encoder.default.embedding.weight.detach()  # (Tp, slots * 2 * d)
     with torch.no_grad():
         model(**_batch(bundle))
     attentions = attention_modules(model)
-    slots = [a for a in attentions if a.kind in ("decoder_self", "cross")]  # self 0, cross 0, self 1, cross 1
-    assert [a.kind for a in slots] == ["decoder_self", "cross"] * 2 and table.shape == (3, 4 * 2 * 32)
+    if name == "tiny-t5":  # per decoder layer: a self-attention slot, then peft's cross-attention slot
+        slots = [a for a in attentions if a.kind in ("decoder_self", "cross")]
+        assert [a.kind for a in slots] == ["decoder_self", "cross"] * 2
+    else:
+        slots = attentions
+        assert [a.kind for a in slots] == ["self", "self"]
+    assert table.shape == (3, len(slots) * 2 * 32)
     assert [f.name for f in groups.families] == [a.path for a in slots]
     index = groups.group_index.reshape(table.shape)
     for slot, a in enumerate(slots):
@@ -214,16 +221,16 @@ def test_prefix_columns_are_the_keys_and_values_the_decoder_layers_see() -> None
             for entry, tensor in ((2 * slot, key), (2 * slot + 1, value)):
                 cols = slice(entry * 32 + h * 8, entry * 32 + (h + 1) * 8)
                 assert (index[:, cols] == groups.offsets[slot] + h).all()
-                if a.kind == "decoder_self":  # the first Tp key/value positions are the prefix
+                if a.kind != "cross":  # the first Tp key/value positions are the prefix
                     assert torch.equal(tensor[0, h, :3], table[:, cols])
-                else:  # transformers 5 drops peft's cross-attention prefix: the encoder's 8 tokens only
+                else:  # transformers 5 drops peft's cross-attention prefix: the encoder's tokens only
                     assert tensor.shape[2] == _batch(bundle)["input_ids"].shape[1]
 
 
 def _batch(bundle) -> dict[str, torch.Tensor]:
     tok = bundle.tokenizer
     batch = dict(tok(TEXTS, padding=True, return_tensors="pt"))
-    target = tok(TARGETS, padding=True, return_tensors="pt")
+    target = batch if bundle.causal_lm else tok(TARGETS, padding=True, return_tensors="pt")
     batch["labels"] = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
     return batch
 

@@ -66,7 +66,7 @@ class Prefix:
             raise unmappable(self.name, backbone, (
                 f"peft's prefix tuning for sequence classification passes past_key_values, which "
                 f"{type(backbone).__name__}.forward no longer accepts under transformers 5; prefix tuning runs "
-                "only as generation on an encoder-decoder model (T5, BART)"
+                "only as generation (T5, BART, GPT-2)"
             ))  # fmt: skip
         slots = prefix_slots(backbone)
         if not slots:
