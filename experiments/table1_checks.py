@@ -105,7 +105,7 @@ def check_final_vector(run: Run) -> list[str]:
     lora = Lora(rank=options["rank"], alpha=options["alpha"], dropout=options["dropout"],
                 target_modules=tuple(options["target_modules"] or ()) or None)
     bundle = build_model(cfg["model"]["name"], kind="classification", num_labels=_num_labels(run), method=lora, seed=0)
-    index = bundle.head_map.head_index
+    index = bundle.groups.group_index
     final = run.final_trainable
     if final is None or "group_mask" not in run.clients:
         return []
