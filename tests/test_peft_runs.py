@@ -32,7 +32,7 @@ def test_ia3_pruning_loss_selection_one_and_three_ranks_agree_bit_for_bit(tmp_pa
         for col in ("client", "train_loss", "upload_bytes_paper"):
             np.testing.assert_array_equal(fa["clients"][col][:], fb["clients"][col][:], err_msg=col)
         np.testing.assert_array_equal(fa["clients/importance"][:], fb["clients/importance"][:])
-        np.testing.assert_array_equal(fa["clients/head_mask"][:], fb["clients/head_mask"][:])
+        np.testing.assert_array_equal(fa["clients/group_mask"][:], fb["clients/group_mask"][:])
         np.testing.assert_array_equal(fa[S.FINAL_TRAINABLE][:], fb[S.FINAL_TRAINABLE][:])
         clients = fa["clients"]["client"][:]
-        assert len(set(clients[-5:].tolist())) == 5 and fa["clients/head_mask"][:].sum(axis=1).max() < 16
+        assert len(set(clients[-5:].tolist())) == 5 and fa["clients/group_mask"][:].sum(axis=1).max() < 16
