@@ -10,6 +10,7 @@ keeps B as (d_out, r) under ``fan_in_fan_out`` too, only the frozen Conv1D weigh
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,9 @@ from fedmpi.models.groups import GroupMap
 from fedmpi.models.heads import assemble_groups, attention_modules, element_heads, is_conv1d
 from fedmpi.models.params import TrainableLayout, is_lora_param
 from fedmpi.peft_methods.common import check_trainable, task_type, wrap_peft
+
+
+_LORA_FACTOR = re.compile(r"\.lora_[ABE]\.")  # A, B, and AdaLoRA's singular values E
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def lora_head_groups(model: nn.Module, layout: TrainableLayout) -> GroupMap:
     for i, name in enumerate(layout.names):
         if not is_lora_param(name):
             continue  # the task head: no head
-        layer = name.split(".lora_A.")[0].split(".lora_B.")[0]
+        layer = _LORA_FACTOR.split(name)[0]  # the adapted module's path
         if layer not in owner_of:
             raise ValueError(
                 f"LoRA on {layer!r} cannot be mapped to attention heads: only the q/k/v projections of an attention "
