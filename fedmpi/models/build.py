@@ -37,7 +37,6 @@ from fedmpi.models.groups import GroupMap
 from fedmpi.models.heads import HeadMap, head_map_from_groups
 from fedmpi.models.params import TrainableLayout
 from fedmpi.models.tiny import MINILM_NAME, TINY_NAMES, minilm_dir, packaged_tokenizer, tiny_config
-from fedmpi.peft_methods.base import PeftMethod
 
 if TYPE_CHECKING:
     from fedmpi.peft_methods.base import PeftMethod
