@@ -223,7 +223,7 @@ class FedExLoraConfig(_LoraMeanConfig):
 class _RankedLoraConfig(_LoraMeanConfig):
     """Per-client LoRA ranks from device classes: rank ``ranks[i]`` for a share ``shares[i]`` of the clients."""
 
-    ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed lora.rank (the global rank)
+    ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed peft.lora.rank (the global rank)
     shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
 
     @model_validator(mode="after")
