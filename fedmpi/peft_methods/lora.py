@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from peft import LoraConfig
 from torch import nn
 from transformers import PreTrainedModel
@@ -57,6 +58,15 @@ class Lora:
                 "set peft.lora.target_modules to its q, k, v projections"
             )
         leaf_types = {n.rpartition(".")[2]: m for n, m in backbone.named_modules()}
+        # peft matches a target by the end of a module's name; say so in fedmpi's words if none does.
+        names = [n for n, _ in backbone.named_modules()]
+        if not any(t in leaf_types or any(n.endswith(f".{t}") for n in names) for t in targets):
+            linear = sorted({n.rpartition(".")[2] for n, m in backbone.named_modules()
+                             if isinstance(m, torch.nn.Linear) or is_conv1d(m)})  # fmt: skip
+            raise ValueError(
+                f"peft.lora.target_modules={list(targets)}: no module of this {model_type} model has that name; "
+                f"its linear layers are named {linear}"
+            )
         config = LoraConfig(
             task_type=task_type(kind, backbone),
             r=self.rank,
