@@ -34,7 +34,7 @@ MIB = 2.0**20
 COMMON = [
     "model.name=minilm", "data.max_length=64", "data.num_clients=16", "server.num_clients_per_round=2",
     "server.num_rounds=16", "client.batch_size=16", "client.lr=5e-3", "server.eval_every=1",
-    "lora.rank=16", "lora.target_modules=[query,key,value]",
+    "peft.lora.rank=16", "peft.lora.target_modules=[query,key,value]",
 ]  # fmt: skip
 TASKS = {
     "20newsgroups": ["data.source=20newsgroups", "data.path=../shared/data/20newsgroups",

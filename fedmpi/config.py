@@ -75,6 +75,28 @@ class LoraConfig(_Section):
     target_modules: tuple[str, ...] | None = None  # None: the architecture's q, k, v
 
 
+class Ia3Config(_Section):
+    target_modules: tuple[str, ...] | None = None  # None: peft's defaults (k, v and the FFN output)
+    feedforward_modules: tuple[str, ...] | None = None  # None: peft's defaults
+
+
+class VirtualTokensConfig(_Section):
+    num_virtual_tokens: int = Field(20, ge=1)  # Tp (the paper's tables fit 20)
+
+
+class FullConfig(_Section):
+    frozen_modules: tuple[str, ...] = ()  # module names whose parameters stay frozen (e.g. [shared])
+
+
+class PeftConfig(_Section):
+    method: Literal["lora", "ia3", "prefix", "prompt", "full"] = "lora"  # prefix = P-tuning v2
+    lora: LoraConfig = LoraConfig()
+    ia3: Ia3Config = Ia3Config()
+    prefix: VirtualTokensConfig = VirtualTokensConfig()
+    prompt: VirtualTokensConfig = VirtualTokensConfig()
+    full: FullConfig = FullConfig()
+
+
 class ClientConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)  # the paper uses 5e-4 at batch 80; 2e-3 suits the small default batches
@@ -201,7 +223,7 @@ class FedExLoraConfig(_LoraMeanConfig):
 class _RankedLoraConfig(_LoraMeanConfig):
     """Per-client LoRA ranks from device classes: rank ``ranks[i]`` for a share ``shares[i]`` of the clients."""
 
-    ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed lora.rank (the global rank)
+    ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed peft.lora.rank (the global rank)
     shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
 
     @model_validator(mode="after")
@@ -262,12 +284,19 @@ class Config(_Section):
     output: OutputConfig = OutputConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    lora: LoraConfig = LoraConfig()
+    peft: PeftConfig = PeftConfig()
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
     strategy: StrategyConfig = FedAvgConfig()
     devices: DevicesConfig = DevicesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lora" in data:
+            raise ValueError("lora: the section moved under peft (peft.method: lora, peft.lora: {rank: ...})")
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -60,6 +60,8 @@ def evaluate_batches(
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
             scores = {METRIC_ACCURACY: (logits.argmax(-1) == labels).double().cpu().numpy()}
         else:
+            # Prompt tuning on a causal LM prepends its virtual tokens' logits: drop them.
+            logits = logits[:, logits.shape[1] - labels.shape[1] :]
             if split.prompt_lengths is not None:  # a causal LM: position t predicts token t + 1
                 logits, labels = logits[:, :-1], labels[:, 1:]
             loss = _mean_token_loss(logits, labels)

@@ -23,8 +23,9 @@ from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
 from fedmpi.evaluation import EvalResult, batch_bounds, combine
-from fedmpi.models import HeadConfidence, LoraSettings, ModelBundle, build_model, use_confidence_attention
+from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
 from fedmpi.models.limits import check_lengths
+from fedmpi.peft_methods import PeftMethod, method_from_config
 from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
@@ -67,12 +68,16 @@ def _load_task(cfg: Config) -> TaskData:
     )  # fmt: skip
 
 
+def _peft_method(cfg: Config) -> PeftMethod:
+    """The strategy's own PEFT method (layer finetuning's blocks, FedARA's SVD adapters), else peft.method."""
+    own = STRATEGIES[cfg.strategy.name].peft_method(cfg.strategy, cfg.peft.lora)
+    return own if own is not None else method_from_config(cfg.peft)
+
+
 def _build_model(cfg: Config, task: TaskData, device: torch.device) -> ModelBundle:
-    lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
     bundle = build_model(
-        cfg.model.name, kind=task.kind, num_labels=task.num_labels, lora=lora,
+        cfg.model.name, kind=task.kind, num_labels=task.num_labels, method=_peft_method(cfg),
         seed=seeding.torch_seed(cfg.seed, seeding.INIT), attn_implementation=cfg.model.attn_implementation,
-        method=STRATEGIES[cfg.strategy.name].peft_method(cfg.strategy, cfg.lora),
     )  # fmt: skip
     bundle.model.to(device)
     return bundle
@@ -100,12 +105,15 @@ def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float
     a client that uploaded no group at all.
     """
     try:
-        dims = accounting.attention_dims(bundle.model.config)
+        dims = accounting.attention_dims(hf_model(bundle.model).config)
     except ValueError:  # an architecture the paper's OPs rules do not cover
         return lambda sparsity: float("nan")
     if not STRATEGIES[cfg.strategy.name].paper_ops:
         return lambda sparsity: float("nan")
-    return lambda sparsity: accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity) if sparsity < 1 else float("nan")
+    return lambda sparsity: (
+        accounting.ops_per_sequence(dims, peft=cfg.peft.method, rank=cfg.peft.lora.rank, sparsity=sparsity)
+        if sparsity < 1 else float("nan")
+    )
 
 
 def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:

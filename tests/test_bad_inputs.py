@@ -25,7 +25,7 @@ CASES = [
     ("output.name with a path", ["output.name=../escape"], "output.name: '../escape' must be a plain file name", 2, False),
     ("pure server on one rank", ["server.trains_clients=false"], "server.trains_clients=false needs at least 2 ranks", 1, False),
     ("max_length beyond the model", ["data.max_length=4096"], "data.max_length=4096 exceeds the model's", 2, True),
-    ("LoRA targets nothing", ["lora.target_modules=[nope]"], "lora.target_modules=['nope']: no module", 2, True),
+    ("LoRA targets nothing", ["peft.lora.target_modules=[nope]"], "peft.lora.target_modules=['nope']: no module", 2, True),
 ]  # fmt: skip
 
 

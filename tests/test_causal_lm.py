@@ -12,7 +12,8 @@ from fedmpi.data import collate, load_task, tokenize_split
 from fedmpi.data.task import TextSplit
 from fedmpi.data.tokenize import collate_prompts
 from fedmpi.evaluation import _rouge, evaluate_batches
-from fedmpi.models import HeadConfidence, LoraSettings, build_model, use_confidence_attention
+from fedmpi.models import HeadConfidence, build_model, use_confidence_attention
+from fedmpi.peft_methods import Lora
 
 SPLIT = TextSplit(inputs=["name[Aromi], food[Thai]", "name[Bibimbap]"], labels=None,
                   targets=["Aromi serves Thai food.", "Bibimbap"])
@@ -20,7 +21,7 @@ SPLIT = TextSplit(inputs=["name[Aromi], food[Thai]", "name[Bibimbap]"], labels=N
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return build_model("tiny-gpt2", kind="generation", num_labels=None, lora=LoraSettings(rank=4), seed=0)
+    return build_model("tiny-gpt2", kind="generation", num_labels=None, method=Lora(rank=4), seed=0)
 
 
 def test_sequence_is_prompt_eos_target_eos_and_labels_cover_the_target_only(gpt2):

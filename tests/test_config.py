@@ -7,11 +7,11 @@ from fedmpi.config import ConfigError, load_config
 
 def test_defaults_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("server:\n  num_rounds: 7\nlora:\n  rank: 8\n")
-    cfg = load_config(path, ["server.num_rounds=9", "strategy.name=head_pruning", "lora.target_modules=[query, value]"])
-    assert cfg.server.num_rounds == 9 and cfg.lora.rank == 8
+    path.write_text("server:\n  num_rounds: 7\npeft:\n  lora:\n    rank: 8\n")
+    cfg = load_config(path, ["server.num_rounds=9", "strategy.name=head_pruning", "peft.lora.target_modules=[query, value]"])
+    assert cfg.server.num_rounds == 9 and cfg.peft.lora.rank == 8
     assert cfg.strategy.name == "head_pruning"
-    assert cfg.lora.target_modules == ("query", "value")
+    assert cfg.peft.lora.target_modules == ("query", "value")
     assert "num_rounds: 9" in cfg.to_yaml()
 
 
@@ -29,7 +29,7 @@ def test_defaults_and_overrides(tmp_path):
         ("server.num_rounds=many", "server.num_rounds"),
         ("data.partition=skewed", "data.partition"),
         ("server.selection=greedy", "server.selection"),
-        ("lora.rank=0", "lora.rank"),
+        ("peft.lora.rank=0", "peft.lora.rank"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

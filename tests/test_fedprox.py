@@ -7,14 +7,15 @@ import torch
 from fedmpi.client import LocalTrainer
 from fedmpi.config import ClientConfig
 from fedmpi.data import load_task, tokenize_split
-from fedmpi.models import LoraSettings, build_model
+from fedmpi.models import build_model
+from fedmpi.peft_methods import Lora
 from fedmpi.models.groups import GroupMap
 
 
 @pytest.fixture(scope="module")
 def setup():
     task = load_task("embedded", seed=0, num_train=32, num_eval=8)
-    bundle = build_model("tiny-bert", kind="classification", num_labels=task.num_labels, lora=LoraSettings(rank=4), seed=0)
+    bundle = build_model("tiny-bert", kind="classification", num_labels=task.num_labels, method=Lora(rank=4), seed=0)
     train = tokenize_split(task.train, bundle.tokenizer, kind="classification", max_length=24)
     params = bundle.layout.get_flat(bundle.model).numpy().copy()
     params[bundle.layout.slice_of(next(n for n in bundle.layout.names if "lora_B" in n))] = 0.01  # B != 0

@@ -15,7 +15,7 @@ from fedmpi.progress import Progress
 from fedmpi.server import Server
 from fedmpi.simulation import run
 
-FEDSA = ["strategy.name=fedsa_lora", "lora.rank=4", "data.num_train=120", "data.num_clients=4",
+FEDSA = ["strategy.name=fedsa_lora", "peft.lora.rank=4", "data.num_train=120", "data.num_clients=4",
          "server.num_clients_per_round=3", "data.partition=dirichlet", "model.name=tiny-bert"]  # fmt: skip
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedmpi.peft_methods import Lora
 from fedmpi.models import (
     CONFIDENCE_ATTENTION,
     AttentionHeads,
     HeadConfidence,
     HeadMap,
-    LoraSettings,
     TINY_NAMES,
     build_model,
     confidence,
@@ -41,7 +41,7 @@ def make_batch(bundle, extra_pad: int = 0) -> dict[str, torch.Tensor]:
 
 def build(name: str, kind: str, attn: str = "eager"):
     bundle = build_model(name, kind=kind, num_labels=2 if kind == "classification" else None,
-                         lora=LoraSettings(rank=4), seed=0, attn_implementation=attn)
+                         method=Lora(rank=4), seed=0, attn_implementation=attn)
     # Non-zero B, so that the adapters take part in the forward being compared.
     flat = bundle.layout.get_flat(bundle.model)
     noise = torch.randn(flat.shape, generator=torch.Generator().manual_seed(1))

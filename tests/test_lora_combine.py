@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fedmpi.lora_rules import client_weights
-from fedmpi.models import LoraSettings, build_model
+from fedmpi.models import build_model
+from fedmpi.peft_methods import Lora
 from fedmpi.models.lora_factors import base_weights, lora_factors, set_base_weights, truncated_view
 from fedmpi.strategies import lora_combine
 
@@ -19,7 +20,7 @@ NUM_SAMPLES = np.array([3, 5, 12])
 
 @pytest.fixture(scope="module", params=["tiny-bert", "tiny-gpt2"])
 def setup(request):
-    bundle = build_model(request.param, kind="classification", num_labels=3, lora=LoraSettings(rank=4, alpha=6), seed=0)
+    bundle = build_model(request.param, kind="classification", num_labels=3, method=Lora(rank=4, alpha=6), seed=0)
     factors = lora_factors(bundle.model, bundle.layout)
     rng = np.random.default_rng(1)
     params = bundle.layout.get_flat(bundle.model).numpy().copy()

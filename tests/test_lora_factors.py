@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from fedmpi.lora_rules import lora_delta
-from fedmpi.models import LoraSettings, build_model
+from fedmpi.models import build_model
+from fedmpi.peft_methods import Lora
 from fedmpi.models.lora_factors import factor_groups, factor_mask, lora_factors, rank_groups, rank_mask
 
 
 @pytest.fixture(scope="module", params=["tiny-bert", "tiny-gpt2"])
 def bundle(request):
-    return build_model(request.param, kind="classification", num_labels=3, lora=LoraSettings(rank=4, alpha=6), seed=0)
+    return build_model(request.param, kind="classification", num_labels=3, method=Lora(rank=4, alpha=6), seed=0)
 
 
 def test_factors_are_the_model_s_lora_weights(bundle):

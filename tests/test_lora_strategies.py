@@ -25,7 +25,7 @@ from fedmpi.server import Server
 from fedmpi.simulation import run
 from fedmpi.strategies.base import ClientContext
 
-ROUND = ["server.num_rounds=1", "lora.rank=4", "lora.alpha=6", "data.num_train=120", "server.num_clients_per_round=3",
+ROUND = ["server.num_rounds=1", "peft.lora.rank=4", "peft.lora.alpha=6", "data.num_train=120", "server.num_clients_per_round=3",
          "data.partition=dirichlet"]  # unequal client sizes: weighted and uniform means differ
 RANKS = ["strategy.ranks=[2,4]", "strategy.shares=[0.5,0.5]"]
 

@@ -9,16 +9,17 @@ import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 
-from fedmpi.models import LoraSettings, TINY_NAMES, build_model
+from fedmpi.models import TINY_NAMES, build_model
+from fedmpi.peft_methods import Lora
 from fedmpi.models.params import TrainableLayout, is_lora_param
 
-LORA = LoraSettings(rank=4)
+LORA = Lora(rank=4)
 CASES = [(name, "classification") for name in TINY_NAMES] + [(f"tiny-{a}", "generation") for a in ("t5", "bart", "gpt2")]
 TEXTS = ["the cat sat on the mat", "hello world", "federated learning of attention heads"]
 
 
 def build(name: str, kind: str = "classification", seed: int = 0, **kw):
-    return build_model(name, kind=kind, num_labels=3 if kind == "classification" else None, lora=LORA, seed=seed, **kw)
+    return build_model(name, kind=kind, num_labels=3 if kind == "classification" else None, method=LORA, seed=seed, **kw)
 
 
 def make_batch(bundle) -> dict[str, torch.Tensor]:
@@ -127,8 +128,8 @@ def test_layout_offsets() -> None:
 
 
 def test_lora_alpha_defaults_to_twice_rank() -> None:
-    assert LoraSettings(rank=8).resolved_alpha == 16.0
-    assert LoraSettings(rank=8, alpha=4).resolved_alpha == 4.0
+    assert Lora(rank=8).resolved_alpha == 16.0
+    assert Lora(rank=8, alpha=4).resolved_alpha == 4.0
     bundle = build("tiny-bert")
     layer = bundle.model.get_base_model().bert.encoder.layer[0].attention.self.query
     assert layer.scaling["default"] == pytest.approx(2.0)

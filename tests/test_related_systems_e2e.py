@@ -35,11 +35,11 @@ def test_blocks_outside_n_c_have_exactly_zero_delta():
     from fedmpi.config import ClientConfig
     from fedmpi.data import load_task, tokenize_split
     from fedmpi.models.blocks import block_groups
-    from fedmpi.models.build import LoraSettings, build_model
+    from fedmpi.models.build import build_model
     from fedmpi.peft_methods.blocks import FullBlocks
 
     task = load_task("embedded", num_train=32, num_eval=8)
-    bundle = build_model("tiny-bert", kind="classification", num_labels=task.num_labels, lora=LoraSettings(), seed=0,
+    bundle = build_model("tiny-bert", kind="classification", num_labels=task.num_labels, seed=0,
                          method=FullBlocks())  # fmt: skip
     groups = block_groups(bundle.model, bundle.layout)
     train = tokenize_split(task.train, bundle.tokenizer, kind="classification", max_length=16, max_target_length=8)

@@ -1,26 +1,24 @@
-"""Building a backbone and wrapping it with LoRA: name in, ready-to-train bundle out.
+"""Building a backbone and wrapping it with a PEFT method: name in, ready-to-train bundle out.
 
 ``build_model`` resolves a model name (the packaged ``minilm``, a ``tiny-*`` architecture,
-or a Hugging Face name / local path), wraps it with peft LoRA on the q, k, v projections
-(method-spec "LoRA placement"), checks that exactly LoRA A/B and the task head train, and
-returns the model with its flat-vector layout and head map. Generation loads a seq2seq model
-for an encoder-decoder config (T5, BART) and a causal LM for a decoder-only one (GPT-2);
-``MODEL_KINDS`` lists the three kinds. Every random initialisation
-(tiny backbone, task head, LoRA A) happens after ``torch.manual_seed(seed)``, so equal
-seeds give bit-identical models on every rank.
+or a Hugging Face name / local path), has the PEFT method (``fedmpi/peft_methods/``, the
+config's ``peft`` section) wrap it, and returns the model with its flat-vector layout and
+its parameter groups (which elements each attention head owns). Generation loads a seq2seq
+model for an encoder-decoder config (T5, BART) and a causal LM for a decoder-only one
+(GPT-2); ``MODEL_KINDS`` lists the three kinds. Every random initialisation (tiny
+backbone, task head, adapters) happens after ``torch.manual_seed(seed)``, so equal seeds
+give bit-identical models on every rank.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
 import torch
 from huggingface_hub import constants as hub_constants
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import PeftModel, TaskType
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,15 +30,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.pytorch_utils import Conv1D
 
 from fedmpi.models import importance  # noqa: F401  (registers the confidence attention)
 from fedmpi.models.arch import arch_spec
-from fedmpi.models.groups import GroupFamily, GroupMap
-from fedmpi.models.heads import HeadMap, build_head_map
-from fedmpi.models.params import TrainableLayout, is_lora_param
+from fedmpi.models.groups import GroupMap
+from fedmpi.models.heads import HeadMap, head_map_from_groups
+from fedmpi.models.params import TrainableLayout
 from fedmpi.models.tiny import MINILM_NAME, TINY_NAMES, minilm_dir, packaged_tokenizer, tiny_config
-from fedmpi.peft_methods.base import PeftMethod
+
+if TYPE_CHECKING:
+    from fedmpi.peft_methods.base import PeftMethod
 
 KINDS = ("classification", "generation")
 T = TypeVar("T")
@@ -54,34 +53,17 @@ MODEL_KINDS: dict[str, tuple[type, TaskType]] = {
 }
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 16
-    alpha: float | None = None  # None -> 2 * rank (method-spec defaults)
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None  # None -> the architecture's q, k, v projections
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def resolved_alpha(self) -> float:
-        return float(2 * self.rank if self.alpha is None else self.alpha)
-
-
 @dataclass
 class ModelBundle:
     model: torch.nn.Module  # the peft-wrapped model, on CPU, float32, train() mode
     tokenizer: PreTrainedTokenizerBase
     kind: str  # "classification" | "generation"
     layout: TrainableLayout
-    head_map: HeadMap
+    groups: GroupMap  # which elements each attention head owns (the method's map)
     pad_token_id: int
     eos_token_id: int | None  # EOS, or [SEP] for BERT-style tokenizers without one
     model_kind: str = "classification"  # a key of MODEL_KINDS
+    peft_method: str = "lora"  # the config's peft.method
 
     @property
     def causal_lm(self) -> bool:
@@ -89,10 +71,9 @@ class ModelBundle:
         return self.model_kind == "causal_lm"
 
     @property
-    def groups(self) -> GroupMap:
-        """The attention heads as parameter groups: one family per attention module."""
-        families = tuple(GroupFamily(m.name, m.kind, m.num_heads, m.head_dim) for m in self.head_map.modules)
-        return GroupMap(families=families, group_index=self.head_map.head_index)
+    def head_map(self) -> HeadMap:
+        """The same ids as ``groups`` in the old HeadMap form, for callers not yet on groups."""
+        return head_map_from_groups(self.groups)
 
 
 def build_model(
@@ -100,12 +81,11 @@ def build_model(
     *,
     kind: str,
     num_labels: int | None,
-    lora: LoraSettings,
+    method: PeftMethod,
     seed: int,
     attn_implementation: str = "sdpa",
-    method: PeftMethod | None = None,
 ) -> ModelBundle:
-    """Build backbone ``name`` for ``kind``, wrap it with LoRA (or ``method``) and describe its trainable vector."""
+    """Build backbone ``name`` for ``kind``, wrap it with ``method`` and describe its trainable vector."""
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
     if kind == "classification" and (num_labels is None or num_labels < 1):
@@ -120,30 +100,23 @@ def build_model(
     if backbone.config.pad_token_id is None:
         backbone.config.pad_token_id = tokenizer.pad_token_id
     set_attention(backbone, attn_implementation)
-    if method is None:
-        model = wrap_with_lora(backbone, kind=kind, lora=lora, seed=seed, task_type=MODEL_KINDS[model_kind][1])
-    else:
-        spec = arch_spec(backbone.config.model_type)
-        task_head = list(spec.task_head) if (spec and kind == "classification") else None
-        model = method.wrap(backbone, kind=kind, task_head=task_head, seed=seed)
+    spec = arch_spec(backbone.config.model_type)
+    task_head = list(spec.task_head) if (spec and kind == "classification") else None
+    model = method.wrap(backbone, kind=kind, task_head=task_head, seed=seed)
     model.float().train()
-    layout = TrainableLayout.from_model(model)
+    layout = TrainableLayout.from_model(model, task_head=task_head or ())
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     return ModelBundle(
         model=model,
         tokenizer=tokenizer,
         kind=kind,
         layout=layout,
-        head_map=build_head_map(model, layout) if _has_lora_b(layout) else HeadMap((), np.full(layout.numel, -1, np.int32)),
+        groups=method.head_groups(model, layout),
         pad_token_id=int(tokenizer.pad_token_id),
         eos_token_id=None if eos is None else int(eos),
         model_kind=model_kind,
+        peft_method=method.name,
     )
-
-
-def _has_lora_b(layout: TrainableLayout) -> bool:
-    """Whether any attention head can own anything (LoRA-form B factors); full blocks have none."""
-    return any(".lora_B." in n for n in layout.names)
 
 
 def set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
@@ -151,70 +124,12 @@ def set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
     if attn_implementation != "eager" and attn_implementation not in ALL_ATTENTION_FUNCTIONS:
         known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
         raise ValueError(f"unknown attn_implementation {attn_implementation!r}; known: {known}")
-    hf_model = model.get_base_model() if isinstance(model, PeftModel) else model
-    hf_model.set_attn_implementation(attn_implementation)
+    hf_model(model).set_attn_implementation(attn_implementation)
 
 
-def wrap_with_lora(
-    backbone: PreTrainedModel, *, kind: str, lora: LoraSettings, seed: int, task_type: TaskType | None = None
-) -> PeftModel:
-    """Wrap ``backbone`` with LoRA; the classification head (if any) trains in full."""
-    model_type = backbone.config.model_type
-    spec = arch_spec(model_type)
-    targets = lora.target_modules or (spec.qkv_targets if spec else None)
-    if not targets:
-        raise ValueError(
-            f"no default LoRA targets for model type {model_type!r}; set lora.target_modules to its q, k, v projections"
-        )
-    leaf_types = {n.rpartition(".")[2]: type(m) for n, m in backbone.named_modules()}
-    # peft matches a target by the end of a module's name; say so in fedmpi's words if none does.
-    if not any(t in leaf_types or any(n.endswith(f".{t}") for n, _ in backbone.named_modules()) for t in targets):
-        raise ValueError(
-            f"lora.target_modules={list(targets)}: no module of this {model_type} model has that name; "
-            f"its linear layers are named {sorted(_linear_leaf_names(backbone))}"
-        )
-    # peft needs fan_in_fan_out for Conv1D (GPT-2 stores weights as (in, out)).
-    fan_in_fan_out = any(leaf_types.get(t) is Conv1D for t in targets)
-    task_head = list(spec.task_head) if (spec and kind == "classification") else None
-    config = LoraConfig(
-        task_type=task_type or (TaskType.SEQ_CLS if kind == "classification" else TaskType.SEQ_2_SEQ_LM),
-        r=lora.rank,
-        lora_alpha=lora.resolved_alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(targets),
-        fan_in_fan_out=fan_in_fan_out,
-        modules_to_save=None if task_head is None else list(task_head),  # peft extends the list it gets
-    )
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        # peft reads a property transformers 5 deprecates; the warning is not actionable here.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(backbone, config)
-    _check_trainable(model, kind=kind, task_head=task_head)
-    return model
-
-
-def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
-    return {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
-
-
-def _check_trainable(model: PeftModel, *, kind: str, task_head: list[str] | None) -> None:
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    others = [n for n in trainable if not is_lora_param(n)]
-    if not any(is_lora_param(n) for n in trainable):
-        raise ValueError("LoRA matched no module: check lora.target_modules")
-    if kind == "generation" and others:
-        raise ValueError(f"a generation model should train only LoRA, but {others[0]!r} is trainable")
-    if kind == "classification":
-        if not others:
-            raise ValueError("the classification head is not trainable; add it to the architecture table in arch.py")
-        if task_head:
-            stray = [n for n in others if not any(f".{h}." in f".{n}" for h in task_head)]
-            if stray:
-                raise ValueError(f"{stray[0]!r} is trainable but is neither LoRA nor the task head {task_head}")
-            for head in task_head:
-                if not any(f".{head}.modules_to_save." in n for n in others):
-                    raise ValueError(f"task head module {head!r} was not made trainable by peft")
+def hf_model(model: torch.nn.Module) -> PreTrainedModel:
+    """The Hugging Face model inside ``model`` (peft-wrapped or, for full fine-tuning, itself)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def _load_backbone(

@@ -59,6 +59,7 @@ class _Slot:
 
     def record(self, weights: torch.Tensor) -> None:
         b, h, tq, tk = weights.shape
+        self._widen_for_virtual_tokens(tq, tk)
         if (b, tq) != tuple(self.query_valid.shape) or tk != self.key_valid.shape[1] or h != self.num_heads:
             raise RuntimeError(
                 f"attention in {self.name} saw weights of shape {tuple(weights.shape)}, but the batch given to "
@@ -74,6 +75,16 @@ class _Slot:
             # Samples without any valid query measure nothing; Eq. 6 averages the others.
             self.counts[heads] += has_query.sum()
         self.calls += 1
+
+    def _widen_for_virtual_tokens(self, tq: int, tk: int) -> None:
+        """Prompt and prefix tuning prepend virtual tokens: as keys they count, as queries they do not."""
+        extra_q, extra_k = tq - self.query_valid.shape[1], tk - self.key_valid.shape[1]
+        if extra_k > 0:
+            pad = self.key_valid.new_ones((self.key_valid.shape[0], extra_k))
+            self.key_valid = torch.cat([pad, self.key_valid], dim=1)
+        if extra_q > 0:
+            pad = self.query_valid.new_zeros((self.query_valid.shape[0], extra_q))
+            self.query_valid = torch.cat([pad, self.query_valid], dim=1)
 
 
 # id(attention module) -> its slot, only while some HeadConfidence is recording.

@@ -2,7 +2,7 @@
 
 dW = P diag(lambda) Q on each target (the architecture's q, k, v by default), initial rank
 r0, with peft's orthogonality penalty added to the loss (``fedmpi.models.svd_adapters``).
-Head groups: head h owns P's rows in its block, as LoRA's B (``fedmpi.models.heads``).
+Head groups: head h owns P's rows in its block, as LoRA's B (``fedmpi.peft_methods.lora``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from transformers import PreTrainedModel
 
 from fedmpi.models.arch import arch_spec
 from fedmpi.models.groups import GroupMap
-from fedmpi.models.heads import build_head_map
 from fedmpi.models.params import TrainableLayout
 from fedmpi.models.svd_adapters import wrap_with_svd_adapters
+from fedmpi.peft_methods.lora import lora_head_groups
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class SvdAdapters:
         spec = arch_spec(backbone.config.model_type)
         targets = self.target_modules or (spec.qkv_targets if spec else None)
         if not targets:
-            raise ValueError(f"no default adapter targets for {backbone.config.model_type!r}; set lora.target_modules")
+            raise ValueError(f"no default adapter targets for {backbone.config.model_type!r}; set peft.lora.target_modules")
         return wrap_with_svd_adapters(
             backbone, kind=kind, targets=list(targets), initial_rank=self.initial_rank,
             alpha=float(self.alpha if self.alpha is not None else 2 * self.initial_rank), dropout=self.dropout,
@@ -40,8 +40,4 @@ class SvdAdapters:
         )  # fmt: skip
 
     def head_groups(self, model: nn.Module, layout: TrainableLayout) -> GroupMap:
-        head_map = build_head_map(model, layout)
-        from fedmpi.models.groups import GroupFamily
-
-        families = tuple(GroupFamily(m.name, m.kind, m.num_heads, m.head_dim) for m in head_map.modules)
-        return GroupMap(families=families, group_index=head_map.head_index)
+        return lora_head_groups(model, layout)  # P is peft's lora_B; Q (lora_A) and lambda (lora_E) are -1

@@ -4,7 +4,7 @@ Client c's rank r_c comes from the device classes in ``strategy.ranks`` / ``stra
 (``fedmpi/lora_ranks.py``: seeded, the same on every rank). It receives the global factors'
 first r_c ranks, the others set to 0 (``client_params``), trains only those (rank groups:
 row i of A with column i of B) and uploads them. The server zero-pads every client to the
-global rank (``lora.rank``) and takes sum_c p_c of A and of B (``fedmpi/lora_rules.py``):
+global rank (``peft.lora.rank``) and takes sum_c p_c of A and of B (``fedmpi/lora_rules.py``):
 a rank only large clients hold is shrunk by the small clients' share, as published.
 The task head follows FedAvg.
 """
@@ -38,7 +38,7 @@ class RankedLora(LoraStrategy):
         super().setup(factors, model, seed=seed, num_clients=num_clients)
         global_rank = min(f.rank for f in factors)
         if max(self.cfg.ranks) > global_rank:
-            raise ValueError(f"strategy.ranks: the largest client rank {max(self.cfg.ranks)} exceeds lora.rank {global_rank}")
+            raise ValueError(f"strategy.ranks: the largest client rank {max(self.cfg.ranks)} exceeds peft.lora.rank {global_rank}")
         self.client_rank = client_ranks(seed, num_clients, self.cfg.ranks, self.cfg.shares)
 
     def client_params(self, ctx: ClientContext, params: np.ndarray) -> np.ndarray:
