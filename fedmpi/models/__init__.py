@@ -2,7 +2,7 @@
 
 ``build_model`` gives a ``ModelBundle``; ``TrainableLayout`` moves the trainable weights in
 and out as one float32 vector; ``HeadMap`` says which elements each attention head owns;
-``HeadConfidence`` measures the paper's head importance (Eq. 6) during training.
+``HeadConfidence`` measures the paper's head importance (Eq. 6) beside SDPA attention.
 """
 
 from fedmpi.models.build import KINDS, LoraSettings, ModelBundle, build_model, set_attention, wrap_with_lora
@@ -10,6 +10,8 @@ from fedmpi.models.heads import AttentionHeads, HeadMap, build_head_map
 from fedmpi.models.importance import (
     CONFIDENCE_ATTENTION,
     HeadConfidence,
+    ImportanceOptions,
+    chunked_confidence,
     confidence,
     use_confidence_attention,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "TINY_NAMES",
     "AttentionHeads",
     "HeadConfidence",
+    "ImportanceOptions",
+    "chunked_confidence",
     "HeadMap",
     "LoraSettings",
     "ModelBundle",
