@@ -4,6 +4,7 @@ Owns everything downstream of the HDF5 file written on rank 0 (layout: fedmpi.re
 It must import and run without torch and mpi4py, on a laptop, and on files of killed runs.
 
     python -m fedmpi.analyze results/RUN.h5 [more.h5 ...] [--target 0.7] [--plot out.png] [--no-plot]
+    python -m fedmpi.analyze fig3|fig4|fig5|table5 FILES [--out out.png]   # the paper's figures (fedmpi.figures)
 """
 
 from __future__ import annotations
@@ -179,9 +180,9 @@ def importance_matrix(run: Run, round: int | None = None) -> np.ndarray:
     The mean over the client's participations, or its value at one `round`; NaN rows for clients
     that did not take part.
     """
-    if "importance" not in run.clients:
+    if rs.CLIENT_IMPORTANCE not in run.clients:
         raise ValueError(f"{run.path}: no group importance recorded (num_groups_total = 0)")
-    importance = run.clients["importance"].astype(np.float64)
+    importance = run.clients[rs.CLIENT_IMPORTANCE].astype(np.float64)
     client = run.clients["client"]
     keep = np.ones(len(client), bool) if round is None else run.clients["round"] == round
     out = np.full((_num_clients(run), importance.shape[1]), np.nan)
@@ -284,6 +285,15 @@ def plot_runs(runs: Sequence[Run], path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from fedmpi import figures  # it builds on this module
+
+    if argv and argv[0] in figures.FIGURES:
+        try:
+            return figures.main(argv[0], argv[1:])
+        except (ResultFileError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_FILE
     parser = argparse.ArgumentParser(prog="python -m fedmpi.analyze", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="result files (.h5)")
     parser.add_argument("--target", type=float, default=0.7, help="metric target for 'rounds to target'")

@@ -2,7 +2,10 @@
 
 The trainer loads the global trainable vector into the model, runs the client's local
 epochs with a fresh optimizer, and returns the delta, the mean loss of its last epoch
-and, when asked, its head importance gathered during the training forward passes. Every
+and, when asked, its head importance: gathered during the last epoch's training forward
+passes (``score_on=training``), or from an eval-mode pass over the client's data on the
+model it uploads (``score_on=uploaded``). Untrained heads can also be removed from the
+forward and backward (``pruned_heads=removed``, ``fedmpi/models/head_subset.py``). Every
 random draw (batch order, dropout) is keyed by (seed, round, client), so a client trains
 the same way on whichever rank hosts it.
 
@@ -28,6 +31,7 @@ from fedmpi.models import HeadConfidence, ModelBundle
 from fedmpi.measure import ClientRoundMeter, Usage
 from fedmpi.models.groups import GroupMap
 from fedmpi.strategies.base import LocalHooks
+from fedmpi.models.head_subset import heads_removed
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,14 @@ class LocalTrainer:
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._bounds = list(zip(bundle.layout.offsets[:-1].tolist(), bundle.layout.offsets[1:].tolist()))
 
+    def _collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = collate(self.train_split, indices, pad_token_id=self.bundle.pad_token_id)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
     def _batches(self, indices: np.ndarray, rng: np.random.Generator):
         order = rng.permutation(indices)
         for start in range(0, order.size, self.cfg.batch_size):
-            batch = collate(self.train_split, order[start : start + self.cfg.batch_size], pad_token_id=self.bundle.pad_token_id)
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield self._collate(order[start : start + self.cfg.batch_size])
 
     def _split(self, trained_groups: np.ndarray | None) -> tuple[list, list, list]:
         """(trained, frozen, [(partly trained parameter, 0/1 element mask)]) for a group mask."""
@@ -85,14 +92,17 @@ class LocalTrainer:
                 partial.append((p, torch.from_numpy(mask.reshape(p.shape)).to(self.device, p.dtype)))
         return trained, frozen, partial
 
-    def measure_importance(self, indices: np.ndarray, global_params: np.ndarray, round_: int, client: int) -> np.ndarray:
-        """Head confidence of the received global model on the client's data (forward only)."""
+    def score(self, indices: np.ndarray) -> np.ndarray:
+        """Head confidence of the model as it is now, in eval mode, on the client's data (forward only).
+
+        Batches follow the client's index order, so the scores are the same on every rank.
+        """
         assert self.confidence is not None
-        self.bundle.layout.set_flat(self.model, torch.from_numpy(global_params))
         self.confidence.reset()
         self.model.eval()
         with torch.no_grad():
-            for batch in self._batches(indices, seeding.rng(self.seed, seeding.SHUFFLE, round_, client)):
+            for start in range(0, indices.size, self.cfg.batch_size):
+                batch = self._collate(indices[start : start + self.cfg.batch_size])
                 with self.confidence.recording(batch):
                     self.model(**batch)
         self.model.train()
@@ -103,6 +113,11 @@ class LocalTrainer:
         squared = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
         return 0.5 * self.cfg.prox_mu * squared
 
+    def measure_importance(self, indices: np.ndarray, global_params: np.ndarray) -> np.ndarray:
+        """Head confidence of the received global model (masks chosen before training)."""
+        self.bundle.layout.set_flat(self.model, torch.from_numpy(global_params))
+        return self.score(indices)
+
     def train(
         self,
         indices: np.ndarray,
@@ -112,11 +127,16 @@ class LocalTrainer:
         *,
         record_importance: bool,
         trained_groups: np.ndarray | None = None,
+        remove_untrained: bool = False,
+        score_uploaded: bool = False,
         hooks: LocalHooks | None = None,
     ) -> LocalResult:
         """Train one client from the global vector; only ``trained_groups`` train (None: all).
 
-        ``hooks`` (the strategy's) wrap the local epochs and see every step after the masked backward.
+        With ``remove_untrained`` the other groups (heads) are left out of the forward and
+        backward. ``record_importance`` scores heads during the last epoch; ``score_uploaded``
+        scores the trained model afterwards, in eval mode. ``hooks`` (the strategy's) wrap the local
+        epochs and see every step after the masked backward.
         """
         hooks = hooks or LocalHooks()
         start = time.perf_counter()
@@ -142,8 +162,10 @@ class LocalTrainer:
             p.requires_grad_(False)
         self.model.train()
         meter = ClientRoundMeter(self.model, self.device)
+        removed = remove_untrained and trained_groups is not None
+        subset = heads_removed(self.model, self.bundle.head_map, trained_groups) if removed else nullcontext()
         try:
-            with hooks, meter:
+            with hooks, meter, subset:
                 for epoch in range(self.cfg.num_epochs):
                     last_epoch = epoch == self.cfg.num_epochs - 1
                     loss_sum, seen = 0.0, 0
@@ -170,5 +192,8 @@ class LocalTrainer:
             for p in frozen:
                 p.requires_grad_(True)
         delta = layout.get_flat(self.model).cpu().numpy() - global_params
-        scores = self.confidence.scores() if record_importance else hooks.scores()
+        if score_uploaded:
+            scores = self.score(indices)
+        else:
+            scores = self.confidence.scores() if record_importance else hooks.scores()
         return LocalResult(delta, loss_sum / max(seen, 1), time.perf_counter() - start, scores, meter.usage)

@@ -146,6 +146,12 @@ class HeadPruningConfig(_Section):
     mask_timing: Literal["post_train", "pre_train"] = "post_train"
     weighting: Literal["importance", "samples"] = "importance"
     eps: float = Field(1e-8, gt=0)
+    # Eq. 6 options (README "The method"): which tokens' columns are zeroed, which model is scored,
+    # how many leading queries of causal self-attention are skipped; and whether pruned heads are computed.
+    importance_exclude: Literal["eos", "eos+bos", "special"] = "eos"
+    score_on: Literal["training", "uploaded"] = "training"
+    skip_first_queries: int = Field(0, ge=0)
+    pruned_heads: Literal["frozen", "removed"] = "frozen"
 
     @model_validator(mode="after")
     def _weighting_needs_scores(self) -> HeadPruningConfig:
@@ -153,6 +159,16 @@ class HeadPruningConfig(_Section):
             raise ValueError(
                 "strategy.weighting=importance needs strategy.pruning=importance "
                 "(random pruning measures no importance); use strategy.weighting=samples"
+            )
+        if self.pruned_heads == "removed" and self.mask_timing != "pre_train":
+            raise ValueError(
+                "strategy.pruned_heads=removed needs strategy.mask_timing=pre_train: heads can only be left out of "
+                "the forward when the mask is known before training"
+            )
+        if self.score_on == "uploaded" and self.mask_timing == "pre_train":
+            raise ValueError(
+                "strategy.score_on=uploaded scores the model after training, but strategy.mask_timing=pre_train "
+                "chooses the mask before it (from the received global model, in eval mode); use one of them"
             )
         return self
 

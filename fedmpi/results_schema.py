@@ -114,9 +114,11 @@ CLIENT_COST_COLUMNS: dict[str, str] = {
     "planned_flops": "float64",
     "planned_upload_bytes": "float64",
 }
+CLIENT_IMPORTANCE = "importance"  # per group; NaN where the strategy measures none
+CLIENT_GROUP_MASK = "group_mask"  # per group: uploaded
 CLIENT_GROUP_COLUMNS: dict[str, str] = {
-    "importance": "float32",  # per group; NaN where the strategy measures none
-    "group_mask": "bool",  # per group: uploaded
+    CLIENT_IMPORTANCE: "float32",
+    CLIENT_GROUP_MASK: "bool",
 }
 
 # --- /groups: only when num_groups_total > 0; one row per family (a module owning consecutive groups:

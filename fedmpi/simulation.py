@@ -25,6 +25,8 @@ from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partitio
 from fedmpi.evaluation import EvalResult, batch_bounds, combine
 from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
 from fedmpi.models.limits import check_lengths
+from fedmpi.models.exclusion import importance_options
+from fedmpi.models.head_subset import check_supported
 from fedmpi.peft_methods import PeftMethod, method_from_config
 from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
@@ -132,9 +134,16 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     )  # fmt: skip
     strategy = STRATEGIES[cfg.strategy.name].for_run(cfg.strategy, bundle, run)
     confidence = None
+    if strategy.needs_confidence or strategy.removes_untrained:
+        use_confidence_attention(bundle.model)  # SDPA underneath; it also slices T5's bias for removed heads
+    if strategy.removes_untrained:
+        check_supported(bundle.model)
     if strategy.needs_confidence:
-        use_confidence_attention(bundle.model)
-        confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
+        options = importance_options(
+            strategy.importance_exclude, bundle.tokenizer, bundle.model.config, eos_token_id=bundle.eos_token_id,
+            pad_token_id=bundle.pad_token_id, skip_first_queries=strategy.skip_first_queries,
+        )  # fmt: skip
+        confidence = HeadConfidence(bundle.model, bundle.head_map, options=options, pad_token_id=bundle.pad_token_id)
     lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length,
                    causal_lm=bundle.causal_lm)
     train = tokenize_split(task.train, bundle.tokenizer, **lengths)

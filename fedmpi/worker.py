@@ -80,12 +80,14 @@ class Worker:
         params = strategy.client_params(ctx, params)
 
         def score() -> np.ndarray:  # the received model's importance, for masks chosen before training
-            measured["scores"] = trainer.measure_importance(indices, params, round_, client)
+            measured["scores"] = trainer.measure_importance(indices, params)
             return measured["scores"]
 
         trained = strategy.train_mask(ctx, score)
+        recorded = strategy.importance == "confidence"
         result = trainer.train(
-            indices, params, round_, client, record_importance=strategy.importance == "confidence", trained_groups=trained,
+            indices, params, round_, client, trained_groups=trained, remove_untrained=strategy.removes_untrained,
+            record_importance=recorded and not strategy.scores_uploaded, score_uploaded=recorded and strategy.scores_uploaded,
             hooks=strategy.local_hooks(ctx, trained),
         )  # fmt: skip
         scores = result.scores if result.scores is not None else measured.get("scores")

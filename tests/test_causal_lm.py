@@ -116,11 +116,15 @@ def test_evaluation_scores_only_the_generated_tokens(gpt2, monkeypatch):
 
 
 def test_head_confidence_records_on_a_causal_lm_batch(gpt2):
+    from fedmpi.models.exclusion import importance_options
+
     split = tokenize_split(SPLIT, gpt2.tokenizer, kind="generation", max_length=32, max_target_length=16, causal_lm=True)
     batch = collate(split, np.array([0, 1]), pad_token_id=gpt2.pad_token_id)
     use_confidence_attention(gpt2.model)
     try:
-        confidence = HeadConfidence(gpt2.model, gpt2.head_map, eos_token_id=gpt2.eos_token_id, pad_token_id=gpt2.pad_token_id)
+        options = importance_options("eos", gpt2.tokenizer, gpt2.model.config, eos_token_id=gpt2.eos_token_id,
+                                     pad_token_id=gpt2.pad_token_id)
+        confidence = HeadConfidence(gpt2.model, gpt2.head_map, options=options, pad_token_id=gpt2.pad_token_id)
         with confidence.recording(batch):
             loss = gpt2.model(**batch).loss
         loss.backward()

@@ -3,7 +3,7 @@
 ``build_model`` gives a ``ModelBundle``; ``TrainableLayout`` moves the trainable weights in
 and out as one float32 vector; ``GroupMap`` says which elements each attention head owns
 (``attention_modules`` lists the heads; each method in ``fedmpi/peft_methods/`` maps its
-parameters onto them); ``HeadConfidence`` measures the paper's head importance (Eq. 6).
+parameters onto them); ``HeadConfidence`` measures the paper's head importance (Eq. 6) beside SDPA attention.
 """
 
 from fedmpi.models.build import KINDS, ModelBundle, build_model, hf_model, set_attention
@@ -12,6 +12,8 @@ from fedmpi.models.heads import AttentionHeads, AttentionModule, HeadMap, attent
 from fedmpi.models.importance import (
     CONFIDENCE_ATTENTION,
     HeadConfidence,
+    ImportanceOptions,
+    chunked_confidence,
     confidence,
     use_confidence_attention,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "GroupFamily",
     "GroupMap",
     "HeadConfidence",
+    "ImportanceOptions",
+    "chunked_confidence",
     "HeadMap",
     "ModelBundle",
     "TrainableLayout",

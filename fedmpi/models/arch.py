@@ -24,17 +24,24 @@ class ArchSpec:
     encoder_decoder: bool = False
     decoder_only: bool = False  # generates as a causal LM (encoder-only models cannot generate)
     pools_last_token: bool = False  # the classifier reads the last non-padding token (found from input_ids)
+    # Where an attention module's output projection sits, relative to the module: (levels up, path).
+    # strategy.pruned_heads=removed hands it only the kept heads' columns.
+    output_projection: tuple[int, str] = (0, "")
 
 
 ARCHS: dict[str, ArchSpec] = {
     spec.model_type: spec
     for spec in (
-        ArchSpec("bert", ("query", "key", "value"), ("classifier",)),
-        ArchSpec("distilbert", ("q_lin", "k_lin", "v_lin"), ("pre_classifier", "classifier")),
-        ArchSpec("roberta", ("query", "key", "value"), ("classifier",)),  # a RobertaClassificationHead
-        ArchSpec("t5", ("q", "k", "v"), ("classification_head",), encoder_decoder=True),
-        ArchSpec("bart", ("q_proj", "k_proj", "v_proj"), ("classification_head",), encoder_decoder=True),
-        ArchSpec("gpt2", ("c_attn",), ("score",), fan_in_fan_out=True, decoder_only=True, pools_last_token=True),
+        ArchSpec("bert", ("query", "key", "value"), ("classifier",), output_projection=(1, "output.dense")),
+        ArchSpec("distilbert", ("q_lin", "k_lin", "v_lin"), ("pre_classifier", "classifier"),
+                 output_projection=(0, "out_lin")),
+        ArchSpec("roberta", ("query", "key", "value"), ("classifier",),  # a RobertaClassificationHead
+                 output_projection=(1, "output.dense")),
+        ArchSpec("t5", ("q", "k", "v"), ("classification_head",), encoder_decoder=True, output_projection=(0, "o")),
+        ArchSpec("bart", ("q_proj", "k_proj", "v_proj"), ("classification_head",), encoder_decoder=True,
+                 output_projection=(0, "out_proj")),
+        ArchSpec("gpt2", ("c_attn",), ("score",), fan_in_fan_out=True, decoder_only=True, pools_last_token=True,
+                 output_projection=(0, "c_proj")),
     )
 }
 

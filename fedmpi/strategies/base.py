@@ -121,6 +121,11 @@ class Strategy:
     def for_run(cls, cfg: Any, bundle: Any, run: RunInfo) -> Strategy:
         """The strategy for a run's built model (``ModelBundle``); default: ``cls(cfg, cls.group_map(bundle), run)``."""
         return cls(cfg, cls.group_map(bundle), run)
+    # Eq. 6 settings and how untrained groups are handled (README "The method"); defaults: the paper's.
+    importance_exclude: ClassVar[str] = "eos"  # key/query tokens confidence ignores (fedmpi.models.exclusion)
+    skip_first_queries: ClassVar[int] = 0  # leading queries of causal self-attention left out
+    scores_uploaded: ClassVar[bool] = False  # score the trained model in eval mode, not during training
+    removes_untrained: ClassVar[bool] = False  # untrained heads are left out of the forward and backward
 
     @classmethod
     def group_map(cls, bundle: Any) -> GroupMap:

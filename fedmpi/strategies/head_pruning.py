@@ -51,6 +51,22 @@ class HeadPruning(Strategy):
         return "confidence" if self.cfg.pruning == "importance" and self.cfg.mask_timing == "post_train" else None
 
     @property
+    def importance_exclude(self) -> str:  # type: ignore[override]
+        return self.cfg.importance_exclude
+
+    @property
+    def skip_first_queries(self) -> int:  # type: ignore[override]
+        return self.cfg.skip_first_queries
+
+    @property
+    def scores_uploaded(self) -> bool:  # type: ignore[override]
+        return self.cfg.score_on == "uploaded"
+
+    @property
+    def removes_untrained(self) -> bool:  # type: ignore[override]
+        return self.cfg.pruned_heads == "removed"
+
+    @property
     def needs_confidence(self) -> bool:
         return self.cfg.pruning == "importance"  # while training (post_train) or of the received model (pre_train)
 
