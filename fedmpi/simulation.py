@@ -126,7 +126,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
     bundle = _build_model(cfg, task, device)
     target_length = cfg.data.max_target_length if task.kind == "generation" else None
-    check_lengths(bundle.model.get_base_model().config, max_length=cfg.data.max_length, max_target_length=target_length)
+    check_lengths(hf_model(bundle.model).config, max_length=cfg.data.max_length, max_target_length=target_length)
     run = RunInfo(
         seed=cfg.seed, num_rounds=cfg.server.num_rounds, num_clients=cfg.data.num_clients,
         batch_size=cfg.client.batch_size, num_epochs=cfg.client.num_epochs, max_length=cfg.data.max_length,

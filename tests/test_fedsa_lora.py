@@ -29,11 +29,11 @@ def test_a_is_averaged_and_each_client_keeps_its_own_b_and_head(tmp_path, monkey
     rounds = []
     apply = Server.apply
 
-    def spy(self, updates):
+    def spy(self, updates, round_):
         s = self.strategy
         before = {u.client: s.store.get(u.client) for u in updates}
         rounds.append(dict(params=self.params.copy(), updates=sorted(updates, key=lambda u: u.client), before=before))
-        apply(self, updates)
+        apply(self, updates, round_)
         rounds[-1].update(after=self.params.copy(), stored={u.client: s.store.get(u.client) for u in updates}, strategy=s)
 
     monkeypatch.setattr(Server, "apply", spy)

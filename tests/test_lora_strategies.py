@@ -34,11 +34,11 @@ def one_round(tmp_path, monkeypatch, model, *overrides):
     seen = {}
     apply = Server.apply
 
-    def spy(self, updates):
+    def spy(self, updates, round_):
         frozen = getattr(self.strategy, "frozen", None)
         seen.update(params=self.params.copy(), updates=sorted(updates, key=lambda u: u.client), strategy=self.strategy,
                     frozen=None if frozen is None else frozen.copy())  # fmt: skip
-        apply(self, updates)
+        apply(self, updates, round_)
         seen.update(after=self.params.copy(), frozen_after=None if frozen is None else self.strategy.frozen.copy())
 
     monkeypatch.setattr(Server, "apply", spy)

@@ -15,6 +15,7 @@ from fedmpi.client import LocalTrainer
 from fedmpi.config import ClientConfig, ConfigError, PeftConfig, load_config
 from fedmpi.data import TextSplit, tokenize_split
 from fedmpi.models import TINY_NAMES, HeadConfidence, attention_modules, build_model, hf_model, use_confidence_attention
+from fedmpi.models.exclusion import importance_options
 from fedmpi.models.groups import ATTENTION_KINDS
 from fedmpi.models.importance import confidence_attention_forward
 from fedmpi.peft_methods import PEFT_METHODS, Full, Ia3, Lora, Prefix, Prompt, get_method, method_from_config
@@ -94,7 +95,9 @@ def test_wraps_maps_and_trains_with_pruned_heads_frozen(method: str, name: str, 
 
     # One local step under head pruning, importance recorded: pruned heads do not move.
     use_confidence_attention(model)
-    confidence = HeadConfidence(model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
+    options = importance_options("eos", bundle.tokenizer, hf_model(model).config, eos_token_id=bundle.eos_token_id,
+                                 pad_token_id=bundle.pad_token_id)
+    confidence = HeadConfidence(model, bundle.head_map, options=options, pad_token_id=bundle.pad_token_id)
     data = tokenize_split(split(kind), bundle.tokenizer, kind=kind, max_length=16, max_target_length=8,
                           causal_lm=bundle.causal_lm)  # fmt: skip
     trainer = LocalTrainer(bundle, data, ClientConfig(batch_size=4, lr=1e-2), device=torch.device("cpu"), seed=0,

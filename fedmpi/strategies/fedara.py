@@ -84,7 +84,7 @@ class RankAllocationServer:
         self.importance = np.zeros(self.groups.num_groups, dtype=np.float64)
         self.budget = self.schedule.initial
 
-    def round_message(self, round_: int) -> np.ndarray:
+    def round_message(self, round_: int, selected: np.ndarray | None = None) -> np.ndarray:
         """The triplet mask clients of ``round_`` train and upload under."""
         return self.mask.copy()
 
@@ -175,7 +175,7 @@ class FedAra(Strategy):
         return TripletTraining(self.run.model, self.groups, trained, self.cfg.beta1, self.cfg.beta2)
 
     # server side
-    def round_message(self, round_: int) -> np.ndarray:
+    def round_message(self, round_: int, selected: np.ndarray) -> np.ndarray:
         self._round = round_  # the round aggregate() closes: the next budget is b(round_ + 1)
         return self.allocation.round_message(round_)
 
