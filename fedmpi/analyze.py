@@ -99,10 +99,12 @@ def _read_run(path: Path) -> Run:
         rounds = _read_group(f, rs.GROUP_ROUNDS, rs.ROUND_COLUMNS)
         if rounds is None:
             raise ResultFileError(f"{path}: no /{rs.GROUP_ROUNDS} group")
-        no_clients = {key: np.empty(0, dtype) for key, dtype in rs.CLIENT_COLUMNS.items()}
+        no_clients = {key: np.empty(0, dtype) for key, dtype in {**rs.CLIENT_COLUMNS, **rs.CLIENT_DEVICE_COLUMNS}.items()}
         clients = _read_group(f, rs.GROUP_CLIENTS, rs.CLIENT_COLUMNS) or no_clients
         groups = _read_group(f, rs.GROUP_GROUPS, rs.GROUP_COLUMNS) or {}
         final = f[rs.FINAL_TRAINABLE][()] if rs.FINAL_TRAINABLE in f else None
+    for key in rs.CLIENT_DEVICE_COLUMNS:  # files written before these columns existed
+        clients.setdefault(key, np.full(len(clients["round"]), np.nan))
     # Client rows are appended before their round's row: drop those of a round the run did not finish.
     finished = clients["round"] <= (rounds["round"][-1] if len(rounds["round"]) else -1)
     clients = {key: a[finished] for key, a in clients.items()}

@@ -4,7 +4,8 @@ The trainer loads the global trainable vector into the model, runs the client's 
 epochs with a fresh optimizer, and returns the delta, the mean loss of its last epoch
 and, when asked, its head importance gathered during the training forward passes. Every
 random draw (batch order, dropout) is keyed by (seed, round, client), so a client trains
-the same way on whichever rank hosts it.
+the same way on whichever rank hosts it. The global vector arrives on the device, the loss
+is summed on the device, and the host waits once per client, for the delta.
 
 Groups the strategy does not train are not trained at all: a parameter whose elements
 all belong to such groups is frozen for the client (no gradient, no backward through it,
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedmpi import seeding
+from fedmpi import runtime, seeding
 from fedmpi.config import ClientConfig
 from fedmpi.data import TokenizedSplit, collate
 from fedmpi.models import HeadConfidence, ModelBundle
@@ -34,6 +35,8 @@ class LocalResult:
     train_loss: float  # sample-weighted mean loss of the last local epoch
     seconds: float
     scores: np.ndarray | None  # head importance (Eq. 6), when recorded
+    device_seconds: float = float("nan")  # see runtime.DeviceMeter
+    peak_memory: float = float("nan")  # peak device bytes (NaN on the CPU)
 
 
 class LocalTrainer:
@@ -47,6 +50,8 @@ class LocalTrainer:
         seed: int,
         confidence: HeadConfidence | None,
         groups: GroupMap,
+        precision: str = "fp32",
+        dropout: bool = True,
     ) -> None:
         self.bundle = bundle
         self.model = bundle.model
@@ -56,6 +61,9 @@ class LocalTrainer:
         self.seed = seed
         self.confidence = confidence
         self.groups = groups
+        self.precision = precision
+        self.dropout = dropout  # False: train in eval mode, no dropout anywhere (as batched.py trains)
+        self._meter = runtime.DeviceMeter(device)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._bounds = list(zip(bundle.layout.offsets[:-1].tolist(), bundle.layout.offsets[1:].tolist()))
 
@@ -82,15 +90,18 @@ class LocalTrainer:
                 partial.append((p, torch.from_numpy(mask.reshape(p.shape)).to(self.device, p.dtype)))
         return trained, frozen, partial
 
-    def measure_importance(self, indices: np.ndarray, global_params: np.ndarray, round_: int, client: int) -> np.ndarray:
+    def autocast(self):
+        return runtime.autocast(self.device, self.precision)
+
+    def measure_importance(self, indices: np.ndarray, global_params: torch.Tensor, round_: int, client: int) -> np.ndarray:
         """Head confidence of the received global model on the client's data (forward only)."""
         assert self.confidence is not None
-        self.bundle.layout.set_flat(self.model, torch.from_numpy(global_params))
+        self.bundle.layout.set_flat(self.model, global_params)
         self.confidence.reset()
         self.model.eval()
         with torch.no_grad():
             for batch in self._batches(indices, seeding.rng(self.seed, seeding.SHUFFLE, round_, client)):
-                with self.confidence.recording(batch):
+                with self.confidence.recording(batch), self.autocast():
                     self.model(**batch)
         self.model.train()
         return self.confidence.scores()
@@ -98,17 +109,19 @@ class LocalTrainer:
     def train(
         self,
         indices: np.ndarray,
-        global_params: np.ndarray,
+        global_params: torch.Tensor,
         round_: int,
         client: int,
         *,
         record_importance: bool,
         trained_groups: np.ndarray | None = None,
     ) -> LocalResult:
-        """Train one client from the global vector; only ``trained_groups`` train (None: all)."""
+        """Train one client from the global vector (float32, on the device); only
+        ``trained_groups`` train (None: all)."""
         start = time.perf_counter()
+        self._meter.start()
         layout = self.bundle.layout
-        layout.set_flat(self.model, torch.from_numpy(global_params))
+        layout.set_flat(self.model, global_params)
         torch.manual_seed(seeding.torch_seed(self.seed, seeding.DROPOUT, round_, client))
         shuffle = seeding.rng(self.seed, seeding.SHUFFLE, round_, client)
         trained, frozen, partial = self._split(trained_groups)
@@ -125,16 +138,16 @@ class LocalTrainer:
             self.confidence.reset()
         for p in frozen:
             p.requires_grad_(False)
-        self.model.train()
+        self.model.train(self.dropout)
         try:
             for epoch in range(self.cfg.num_epochs):
                 last_epoch = epoch == self.cfg.num_epochs - 1
-                loss_sum, seen = 0.0, 0
+                loss_sum, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
                 for batch in self._batches(indices, shuffle):
                     # Importance is measured in the last epoch only: Algorithm 1 scores the model the
                     # client uploads, and one epoch is the paper's setting.
                     recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
-                    with recording:
+                    with recording, self.autocast():
                         loss = self.model(**batch).loss
                     loss.backward()
                     with torch.no_grad():
@@ -145,11 +158,13 @@ class LocalTrainer:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     n = batch["input_ids"].shape[0]
-                    loss_sum += float(loss.detach()) * n
+                    loss_sum += loss.detach().double() * n  # no host sync per step
                     seen += n
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        delta = layout.get_flat(self.model).cpu().numpy() - global_params
+        delta = (layout.get_flat(self.model) - global_params).cpu().numpy()
         scores = self.confidence.scores() if record_importance else None
-        return LocalResult(delta, loss_sum / max(seen, 1), time.perf_counter() - start, scores)
+        train_loss = float(loss_sum) / max(seen, 1)
+        device_seconds, peak_memory = self._meter.stop()
+        return LocalResult(delta, train_loss, time.perf_counter() - start, scores, device_seconds, peak_memory)

@@ -75,6 +75,7 @@ class ServerConfig(_Section):
     selection: Literal["random", "loss"] = "random"
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    eval_samples: int | None = Field(None, ge=1)  # a fixed seeded subset of the eval split; None: all of it
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
 
 
@@ -112,6 +113,9 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # None: the node's cores / ranks on the node
     comm: Literal["auto", "mpi", "local"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward; trainable state stays float32
+    deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed cuBLAS workspace
+    clients_per_step: int = Field(1, ge=1)  # clients a rank trains together in one forward/backward
 
 
 class Config(_Section):
@@ -136,6 +140,11 @@ class Config(_Section):
             raise ValueError("output.resume=true needs output.name: the run to continue")
         if self.output.resume and self.output.overwrite:
             raise ValueError("output.resume and output.overwrite exclude each other")
+        if self.runtime.clients_per_step > 1 and self.lora.dropout > 0:
+            raise ValueError(
+                f"runtime.clients_per_step={self.runtime.clients_per_step} trains with dropout off; "
+                f"set lora.dropout=0 (it is {self.lora.dropout}) or runtime.clients_per_step=1"
+            )
         if self.data.source == "jsonl" and not (self.data.train_file and self.data.eval_file):
             raise ValueError("data.source=jsonl needs data.train_file and data.eval_file")
         return self

@@ -1,8 +1,10 @@
 """Evaluation of the global model on the validation data, spread across ranks.
 
-The validation set is cut into fixed batches that are dealt round-robin to the ranks;
-each rank returns per-example results, and rank 0 reassembles them in example order.
-Batches never depend on the number of ranks, so metrics are the same bit for bit.
+The evaluated examples (all of the validation split, or a fixed seeded subset of it:
+``server.eval_samples``) are cut into fixed batches that are dealt round-robin to the
+ranks, generation included; each rank returns per-example results, and rank 0 reassembles
+them in example order. Batches never depend on the number of ranks, so metrics are the
+same bit for bit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 from rouge_score import rouge_scorer
 
+from fedmpi import seeding
 from fedmpi.data import TokenizedSplit, collate
 
 
@@ -20,6 +23,14 @@ from fedmpi.data import TokenizedSplit, collate
 class EvalResult:
     loss: float  # mean per-example loss: the global loss L_g
     metric: float  # accuracy (classification) or ROUGE-L F1 (generation)
+
+
+def eval_examples(num_examples: int, num_samples: int | None, seed: int) -> np.ndarray:
+    """The evaluated example indices, ascending: all, or ``num_samples`` drawn once from the seed."""
+    if num_samples is None or num_samples >= num_examples:
+        return np.arange(num_examples, dtype=np.int64)
+    chosen = seeding.rng(seed, seeding.EVAL_SUBSET).choice(num_examples, size=num_samples, replace=False)
+    return np.sort(chosen).astype(np.int64)
 
 
 def batch_bounds(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
@@ -35,13 +46,16 @@ def evaluate_batches(
     pad_token_id: int,
     device: torch.device,
     tokenizer=None,
+    examples: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per batch: (per-example loss, per-example score: 1/0 correct, or ROUGE-L F1)."""
+    """Per batch ``examples[start:stop]`` (default: all examples): (per-example loss,
+    per-example score: 1/0 correct, or ROUGE-L F1)."""
     was_training = model.training
     model.eval()
+    examples = np.arange(len(split), dtype=np.int64) if examples is None else examples
     out = []
     for start, stop in bounds:
-        batch = collate(split, np.arange(start, stop), pad_token_id=pad_token_id)
+        batch = collate(split, examples[start:stop], pad_token_id=pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**batch).logits.float()
         labels = batch["labels"]
@@ -49,7 +63,10 @@ def evaluate_batches(
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
             score = (logits.argmax(-1) == labels).float()
         else:
-            token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
+            # 2-D form: the (N, C, T) one runs nll_loss2d, which has no deterministic CUDA kernel.
+            token_loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=-100
+            ).view(labels.shape)
             valid = (labels != -100).float()
             loss = (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
             score = _rouge_l(model, batch, tokenizer)

@@ -26,6 +26,8 @@ class ClientUpdate:
     values: np.ndarray  # float32: the delta at the elements selected by group_mask
     group_mask: np.ndarray | None  # bool (num_groups,), None: every element sent
     scores: np.ndarray | None  # float32 (num_groups,): importance, 0 for pruned groups
+    device_seconds: float = float("nan")  # device time of the client's training (runtime.DeviceMeter)
+    peak_memory: float = float("nan")  # peak device bytes while it trained (NaN on the CPU)
 
     @property
     def wire_bytes(self) -> int:
@@ -87,6 +89,8 @@ def pack(updates: list[ClientUpdate]) -> tuple[np.ndarray, list[dict]]:
                 "seconds": u.seconds,
                 "ops": u.ops,
                 "paper_bytes": u.paper_bytes,
+                "device_seconds": u.device_seconds,
+                "peak_memory": u.peak_memory,
                 "num_values": u.values.size,
                 "has_scores": kept_scores is not None,
                 "num_groups": None if u.group_mask is None else u.group_mask.size,
@@ -122,6 +126,8 @@ def unpack(buffer: np.ndarray, meta: list[dict]) -> list[ClientUpdate]:
                 seconds=m["seconds"],
                 ops=m["ops"],
                 paper_bytes=m["paper_bytes"],
+                device_seconds=m["device_seconds"],
+                peak_memory=m["peak_memory"],
                 values=values,
                 group_mask=mask,
                 scores=scores,

@@ -98,6 +98,8 @@ class Progress:
             "upload_bytes_paper": [u.paper_bytes for u in updates],
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
             "seconds": [u.seconds for u in updates],
+            "device_seconds": [u.device_seconds for u in updates],
+            "peak_memory_bytes": [u.peak_memory for u in updates],
             "ops": [u.ops for u in updates],
             "sparsity": [realised_sparsity(u.group_mask) for u in updates],
         }

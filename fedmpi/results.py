@@ -120,7 +120,7 @@ class ResultWriter:
         for name, dtype in S.ROUND_COLUMNS.items():
             _column(rounds, name, dtype)
         clients = self._file.create_group(S.GROUP_CLIENTS)
-        for name, dtype in S.CLIENT_COLUMNS.items():
+        for name, dtype in {**S.CLIENT_COLUMNS, **S.CLIENT_DEVICE_COLUMNS}.items():
             _column(clients, name, dtype)
         if self.num_groups:
             for name, dtype in S.CLIENT_GROUP_COLUMNS.items():
@@ -158,6 +158,10 @@ class ResultWriter:
                 keep = int((f[group]["round"][:] <= state.round).sum())
                 for ds in f[group].values():
                     ds.resize(keep, axis=0)
+            for name, dtype in S.CLIENT_DEVICE_COLUMNS.items():  # a file written before these existed
+                if name not in f[S.GROUP_CLIENTS]:
+                    _column(f[S.GROUP_CLIENTS], name, dtype).resize(keep, axis=0)
+                    f[S.GROUP_CLIENTS][name][:] = np.nan
             if S.GROUP_FINAL in f:  # a complete run being extended by more rounds
                 del f[S.GROUP_FINAL]
             f.attrs.pop(S.ATTR_ERROR, None)

@@ -70,6 +70,11 @@ CLIENT_COLUMNS: dict[str, str] = {
     "ops": "float64",
     "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
 }
+# Added after format 1's first files: readers treat them as optional.
+CLIENT_DEVICE_COLUMNS: dict[str, str] = {
+    "device_seconds": "float64",  # device time (CUDA events; wall time on the CPU); a shared step is split by samples
+    "peak_memory_bytes": "float64",  # peak device memory while it trained (NaN on the CPU)
+}
 CLIENT_GROUP_COLUMNS: dict[str, str] = {
     "importance": "float32",  # per group; NaN where the strategy measures none
     "group_mask": "bool",  # per group: uploaded

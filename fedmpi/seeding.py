@@ -19,6 +19,7 @@ SELECT = "select"
 SHUFFLE = "shuffle"
 DROPOUT = "dropout"
 PRUNE = "prune"
+EVAL_SUBSET = "eval_subset"
 
 
 def _key(purpose: str) -> int:

@@ -17,12 +17,12 @@ FAULT = """
 import os
 if os.environ.get("PMI_RANK") == "1":
     import fedmpi.worker as w
-    original = w.Worker.train_client
-    def failing(self, client, params, round_):
+    original = w.Worker.train_group
+    def failing(self, clients, params, round_):
         if round_ == 2:
             raise RuntimeError("injected failure on purpose")
-        return original(self, client, params, round_)
-    w.Worker.train_client = failing
+        return original(self, clients, params, round_)
+    w.Worker.train_group = failing
 """
 
 
