@@ -186,6 +186,7 @@ class GroupTrainer:
         """Train ``clients`` (with example ``indices``) together from the global vector on the device."""
         t, start = self.trainer, time.perf_counter()
         t._meter.start()
+        global_params = torch.as_tensor(global_params, device=t.device)
         num = len(clients)
         cfg, model, device = t.cfg, t.model, t.device
         streams = [

@@ -120,6 +120,7 @@ class LocalTrainer:
         ``trained_groups`` train (None: all)."""
         start = time.perf_counter()
         self._meter.start()
+        global_params = torch.as_tensor(global_params, device=self.device)  # a no-op for a device tensor
         layout = self.bundle.layout
         layout.set_flat(self.model, global_params)
         torch.manual_seed(seeding.torch_seed(self.seed, seeding.DROPOUT, round_, client))

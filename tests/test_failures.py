@@ -18,10 +18,10 @@ import os
 if os.environ.get("PMI_RANK") == "1":
     import fedmpi.worker as w
     original = w.Worker.train_group
-    def failing(self, clients, params, round_):
+    def failing(self, clients, params, round_, message=None):
         if round_ == 2:
             raise RuntimeError("injected failure on purpose")
-        return original(self, clients, params, round_)
+        return original(self, clients, params, round_, message)
     w.Worker.train_group = failing
 """
 

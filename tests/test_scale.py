@@ -7,7 +7,8 @@ import tracemalloc
 import numpy as np
 
 from fedmpi import seeding
-from fedmpi.config import ServerConfig
+from fedmpi.config import FedAvgConfig, ServerConfig
+from fedmpi.models.groups import GroupMap
 from fedmpi.data import partition_iid
 from fedmpi.server import Server
 from fedmpi.strategies.fedavg import FedAvg
@@ -17,12 +18,16 @@ NUM_CLIENTS = 100_000
 NUM_EXAMPLES = 400_000
 
 
+def _fedavg(numel: int) -> FedAvg:
+    return FedAvg(FedAvgConfig(), GroupMap.empty(numel))
+
+
 def test_per_client_state_for_100k_clients_is_small():
     tracemalloc.start()
     partition = partition_iid(NUM_EXAMPLES, NUM_CLIENTS, seeding.rng(0, seeding.PARTITION))
     work = np.diff(partition.offsets) * 64  # what client_token_counts gives at 64 tokens per example
     server = Server(
-        ServerConfig(num_clients_per_round=20, selection="loss"), FedAvg(), np.full(10, -1), NUM_CLIENTS, np.zeros(10, np.float32), 0
+        ServerConfig(num_clients_per_round=20, selection="loss"), _fedavg(10), NUM_CLIENTS, np.zeros(10, np.float32), 0
     )
     for round_ in range(1, 4):
         selected = server.select(round_)
@@ -36,7 +41,7 @@ def test_per_client_state_for_100k_clients_is_small():
 
 
 def test_loss_selection_visits_every_client_before_repeating():
-    server = Server(ServerConfig(num_clients_per_round=20, selection="loss"), FedAvg(), np.full(1, -1), 1000, np.zeros(1, np.float32), 0)
+    server = Server(ServerConfig(num_clients_per_round=20, selection="loss"), _fedavg(1), 1000, np.zeros(1, np.float32), 0)
     seen = []
     for round_ in range(1, 51):
         selected = server.select(round_)
