@@ -8,7 +8,7 @@ paper's (head pruning at 90% by importance, Eq. 6 recorded in the training forwa
 weighting). One timed round covers the whole training phase of the round: LPT placement,
 local training, packing, gather to rank 0, aggregation, broadcast of the new global vector
 (no evaluation; Eq. 9's global loss is one evaluation, timed elsewhere). Dropout is off in
-every variant (lora.dropout=0, eval-mode forward), so every variant does the same work.
+every variant (peft.lora.dropout=0, eval-mode forward), so every variant does the same work.
 
 Variants, each after an untimed warm-up (one batch per client of the rank's first group):
   - G = 1, 2, 4 clients per step (``runtime.clients_per_step``) on 1 rank;
@@ -50,9 +50,11 @@ from fedmpi.comm import RankFailure, collective, create_comm  # noqa: E402
 from fedmpi.config import ClientConfig, FedAvgConfig, HeadPruningConfig, RuntimeConfig, ServerConfig  # noqa: E402
 from fedmpi.data import Partition  # noqa: E402
 from fedmpi.data.tokenize import Ragged, TokenizedSplit  # noqa: E402
-from fedmpi.models import LoraSettings, ModelBundle, TrainableLayout, build_head_map, use_confidence_attention  # noqa: E402
-from fedmpi.models import HeadConfidence  # noqa: E402
-from fedmpi.models.build import set_attention, wrap_with_lora  # noqa: E402
+from fedmpi.models import HeadConfidence, ModelBundle, TrainableLayout, use_confidence_attention  # noqa: E402
+from fedmpi.models.arch import arch_spec  # noqa: E402
+from fedmpi.models.build import set_attention  # noqa: E402
+from fedmpi.models.importance import ImportanceOptions  # noqa: E402
+from fedmpi.peft_methods import Lora  # noqa: E402
 from fedmpi.payload import pack, unpack  # noqa: E402
 from fedmpi.placement import assign_by_work, client_token_counts  # noqa: E402
 from fedmpi.server import Server  # noqa: E402
@@ -94,11 +96,13 @@ def build_bundle(model_dims: dict, method: str, device: torch.device) -> ModelBu
     torch.manual_seed(seeding.torch_seed(SEED, seeding.INIT))
     backbone = T5ForSequenceClassification(T5Config(**model_dims, num_labels=NUM_LABELS))
     set_attention(backbone, "sdpa")
-    model = wrap_with_lora(backbone, kind="classification", lora=LoraSettings(rank=16, dropout=0.0), seed=SEED)
+    lora = Lora(rank=16, dropout=0.0)
+    task_head = list(arch_spec("t5").task_head)
+    model = lora.wrap(backbone, kind="classification", task_head=task_head, seed=SEED)
     model.float().train()
-    layout = TrainableLayout.from_model(model)
+    layout = TrainableLayout.from_model(model, task_head=task_head)
     bundle = ModelBundle(model=model, tokenizer=None, kind="classification", layout=layout,
-                         head_map=build_head_map(model, layout), pad_token_id=0, eos_token_id=1)  # fmt: skip
+                         groups=lora.head_groups(model, layout), pad_token_id=0, eos_token_id=1)  # fmt: skip
     if METHODS[method].name == "head_pruning":
         use_confidence_attention(model)
     model.to(device)
@@ -111,7 +115,8 @@ def run_variant(comm, device, args, scale: dict, method: str, clients_per_step: 
     strategy = build_strategy(METHODS[method], STRATEGIES[METHODS[method].name].group_map(bundle))
     confidence = None
     if strategy.needs_confidence:
-        confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=1, pad_token_id=0)
+        options = ImportanceOptions(excluded_ids=frozenset({1}), decoder_excluded_ids=frozenset({1}))  # EOS (id 1)
+        confidence = HeadConfidence(bundle.model, bundle.head_map, options=options, pad_token_id=0)
     num, samples = scale["num_clients"], scale["samples"]
     train = synthetic_split(num * samples, scale["tokens"], scale["model"]["vocab_size"], SEED)
     partition = Partition(order=np.arange(num * samples, dtype=np.int64), offsets=np.arange(num + 1, dtype=np.int64) * samples)
@@ -141,13 +146,14 @@ def run_variant(comm, device, args, scale: dict, method: str, clients_per_step: 
     buffer, meta = pack(updates)
     buffers, metas = comm.gather_arrays(buffer), comm.gather(meta)
     if comm.rank == 0:
-        server.apply([u for b, m in zip(buffers, metas) for u in unpack(b, m)])
+        server.apply([u for b, m in zip(buffers, metas) for u in unpack(b, m)], 1)
         params[:] = server.params
     comm.bcast_array(params)
     _sync(device)
     comm.allgather(None)
     seconds = time.perf_counter() - start
-    peaks = comm.gather(max((u.peak_memory for u in updates), default=math.nan))
+    cuda = device.type == "cuda"  # on the CPU the peak is the process's RSS, not device memory
+    peaks = comm.gather(max((u.peak_memory_bytes for u in updates), default=math.nan) if cuda else math.nan)
     device_seconds = comm.gather(sum(u.device_seconds for u in updates))
     if comm.rank != 0:
         return {}
@@ -174,7 +180,7 @@ def _sync(device: torch.device) -> None:
 def worker_main(args) -> int:
     comm = create_comm("auto")
     scale = QUICK if args.quick else PAPER
-    device = runtime.configure(RuntimeConfig(device="cpu" if args.quick else args.device, num_threads=1 if args.quick else None), comm)
+    device, _ = runtime.configure(RuntimeConfig(device="cpu" if args.quick else args.device, num_threads=1 if args.quick else None), comm)
     lines = []
     for method in args.methods:
         for g in args.groups:

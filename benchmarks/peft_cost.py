@@ -32,7 +32,7 @@ from fedmpi.analyze import load_run  # noqa: E402
 
 METHODS = {"lora": 0.9, "ia3": 0.5, "prefix": 0.9, "prompt": 0.9, "full": 0.9}  # peft.method -> Ours' sparsity
 STRATEGIES = ("fedavg", "ours")
-BASE = [o for o in WORKLOAD if not o.startswith(("lora.", "strategy."))]
+BASE = [o for o in WORKLOAD if not o.startswith(("peft.", "strategy."))]
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,12 @@ from fedmpi import seeding
 from fedmpi.analyze import load_run
 from fedmpi.config import Config, load_config
 from fedmpi.data import collate, load_task, partition_iid, tokenize_split
-from fedmpi.models import LoraSettings, build_model
+from fedmpi.models import build_model
+from fedmpi.peft_methods import method_from_config
 from fedmpi.selection import select_random
 
 WORKLOAD = [
-    "model.name=minilm", "lora.rank=16", "data.source=embedded", "data.num_clients=100", "data.num_train=3200",
+    "model.name=minilm", "peft.lora.rank=16", "data.source=embedded", "data.num_clients=100", "data.num_train=3200",
     "data.num_eval=64", "data.max_length=64", "server.num_clients_per_round=10", "client.batch_size=16",
     "client.lr=5e-4", "strategy.name=fedavg", "server.selection=random",
 ]  # fmt: skip
@@ -104,8 +105,7 @@ def bare_loop(cfg: Config) -> tuple[list[float], list[float]]:
     """
     d, seed = cfg.data, cfg.seed
     task = load_task(d.source, seed=seed, num_train=d.num_train, num_eval=d.num_eval)
-    lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
-    bundle = build_model(cfg.model.name, kind=task.kind, num_labels=len(task.label_names), lora=lora,
+    bundle = build_model(cfg.model.name, kind=task.kind, num_labels=len(task.label_names), method=method_from_config(cfg.peft),
                          seed=seeding.torch_seed(seed, seeding.INIT))  # fmt: skip
     model, pad = bundle.model, bundle.pad_token_id
     train = tokenize_split(task.train, bundle.tokenizer, kind=task.kind, max_length=d.max_length)

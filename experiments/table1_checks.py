@@ -95,15 +95,17 @@ def check_final_vector(run: Run) -> list[str]:
     """Heads nobody kept keep their initial B (zero); needs the model for the head index."""
     from transformers.utils import logging as hf_logging
 
-    from fedmpi.models import LoraSettings, build_model
+    from fedmpi.models import build_model
+    from fedmpi.peft_methods import Lora
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     cfg = run.config
-    lora = LoraSettings(rank=cfg["lora"]["rank"], alpha=cfg["lora"]["alpha"], dropout=cfg["lora"]["dropout"],
-                        target_modules=tuple(cfg["lora"]["target_modules"] or ()) or None)
-    bundle = build_model(cfg["model"]["name"], kind="classification", num_labels=_num_labels(run), lora=lora, seed=0)
-    index = bundle.head_map.head_index
+    options = cfg["peft"]["lora"] if "peft" in cfg else cfg["lora"]  # files written before issue 6: top-level lora
+    lora = Lora(rank=options["rank"], alpha=options["alpha"], dropout=options["dropout"],
+                target_modules=tuple(options["target_modules"] or ()) or None)
+    bundle = build_model(cfg["model"]["name"], kind="classification", num_labels=_num_labels(run), method=lora, seed=0)
+    index = bundle.groups.group_index
     final = run.final_trainable
     if final is None or "group_mask" not in run.clients:
         return []

@@ -8,7 +8,8 @@ the garbled Table A.6 cannot be used as printed. What a run really costs (measur
 seconds, bytes moved over MPI) is recorded elsewhere, beside these figures.
 
 Pure: numpy/stdlib only; ``transformers`` is touched only through the config object
-handed to :func:`attention_dims`.
+handed to :func:`attention_dims`. Run as ``python -m fedmpi.accounting`` it prints the
+paper's Table 3 from the PEFT methods' head maps (``fedmpi/peft_costs.py``, which needs torch).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-PEFT_METHODS = ("lora", "full", "ia3", "prompt", "ptuning")
+PEFT_METHODS = ("lora", "full", "ia3", "prompt", "prefix")  # the config's peft.method names; prefix = P-tuning v2
 NUM_VIRTUAL_TOKENS = 20  # Tp: prompt/P-tuning fit the tables with 20 virtual tokens (the note)
 BYTES_PER_ELEMENT = 4  # fp32 (the note, "Communication")
 _UNITS = {"MiB": 2**20, "KiB": 2**10, "B": 1}
@@ -105,6 +106,7 @@ def ops_per_sequence(
     sparsity: float = 0.0,
     seq_len: int = 512,
     extra_unpruned_td2: bool = False,
+    num_virtual_tokens: int = NUM_VIRTUAL_TOKENS,
 ) -> float:
     """Multiply-accumulates of one training sequence, forward + backward, over L blocks.
 
@@ -127,11 +129,11 @@ def ops_per_sequence(
     elif peft == "ia3":
         total = L * (2 * T * d * d + keep * (9 * T * d * d + 5 * T * T * d + 9 * T * d))
     else:  # prompt tuning / P-tuning: Tp virtual tokens inside the T, N real ones (the note)
-        Tp = NUM_VIRTUAL_TOKENS
+        Tp = num_virtual_tokens
         if T <= Tp:
             raise ValueError(f"seq_len must exceed the {Tp} virtual tokens, got {seq_len}")
         N = T - Tp
-        if peft == "ptuning":  # virtual tokens at every layer
+        if peft == "prefix":  # P-tuning v2: virtual tokens at every layer
             pruned = 3 * N * d * d + 9 * Tp * d * d + 5 * N * N * d
             total = L * (2 * N * d * d + 2 * Tp * d * d + keep * pruned)
         else:  # prompt tuning: virtual tokens at the input only, counted once, not per block
@@ -215,3 +217,9 @@ def format_bytes_paper(nbytes: float, unit: str | None = None, decimals: int = 2
 def format_ops(ops: float, decimals: int = 2) -> str:
     """'33.07 G' style, G = 1e9, rounded half-up like :func:`format_bytes_paper`."""
     return f"{_round_half_up(ops / 1e9, decimals)} G"
+
+
+if __name__ == "__main__":  # python -m fedmpi.accounting: Table 3 from the PEFT methods' head maps
+    from fedmpi.peft_costs import main
+
+    raise SystemExit(main())

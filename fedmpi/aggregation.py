@@ -1,4 +1,4 @@
-"""Server-side combination of client updates: FedAvg (Eq. 5) and group-wise weighting (Eq. 8).
+"""Server-side combination of client updates: FedAvg (Eq. 5), group-wise weighting (Eq. 8), group-wise means.
 
 Pure functions over flat float arrays. Updates arrive as dense deltas (zeros where a
 client sent nothing) and are combined in the order given (client id order), in float64,
@@ -51,4 +51,32 @@ def groupwise(
     out = global_params.astype(np.float64)
     out[~in_group] += server_lr * dense_sum / weights.sum()
     out[in_group] += server_lr * group_sum / group_norm
+    return out.astype(np.float32)
+
+
+def groupwise_mean(
+    global_params: np.ndarray,
+    deltas: list[np.ndarray],
+    num_samples: np.ndarray,
+    group_masks: np.ndarray,
+    group_index: np.ndarray,
+    server_lr: float,
+) -> np.ndarray:
+    """Each group's elements += eta * sum_c |D_c| d_c / sum_c |D_c| over the clients c that sent the group;
+    a group nobody sent is unchanged; elements of no group (-1) take FedAvg over all clients (Eq. 5).
+
+    Float64, clients in the order given, so the result does not depend on how they were spread.
+    """
+    weights = np.asarray(num_samples, dtype=np.float64)
+    masks = np.asarray(group_masks, dtype=bool)
+    per_group = masks * weights[:, None]  # (clients, groups)
+    element_weights = np.concatenate([per_group, weights[:, None]], axis=1)[:, group_index]  # -1 -> all clients
+    total = np.zeros(global_params.shape, dtype=np.float64)
+    norm = np.zeros(global_params.shape, dtype=np.float64)
+    for c, delta in enumerate(deltas):
+        total += element_weights[c] * delta
+        norm += element_weights[c]
+    out = global_params.astype(np.float64)
+    sent = norm > 0
+    out[sent] += server_lr * total[sent] / norm[sent]
     return out.astype(np.float32)

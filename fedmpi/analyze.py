@@ -4,6 +4,7 @@ Owns everything downstream of the HDF5 file written on rank 0 (layout: fedmpi.re
 It must import and run without torch and mpi4py, on a laptop, and on files of killed runs.
 
     python -m fedmpi.analyze results/RUN.h5 [more.h5 ...] [--target 0.7] [--plot out.png] [--no-plot]
+    python -m fedmpi.analyze fig3|fig4|fig5|table5 FILES [--out out.png]   # the paper's figures (fedmpi.figures)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _read_group(f: h5py.File, name: str, required: dict[str, str]) -> dict[str, 
     """One group's datasets as arrays (strings decoded), or None if the file has no such group."""
     if name not in f:
         return None
-    if missing := sorted(set(required) - set(f[name])):
+    if missing := sorted(set(required) - set(f[name]) - rs.OPTIONAL_COLUMNS):
         raise ResultFileError(f"{f.filename}:/{name}: missing datasets {missing}")
     arrays = {
         key: ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
@@ -99,12 +100,10 @@ def _read_run(path: Path) -> Run:
         rounds = _read_group(f, rs.GROUP_ROUNDS, rs.ROUND_COLUMNS)
         if rounds is None:
             raise ResultFileError(f"{path}: no /{rs.GROUP_ROUNDS} group")
-        no_clients = {key: np.empty(0, dtype) for key, dtype in {**rs.CLIENT_COLUMNS, **rs.CLIENT_DEVICE_COLUMNS}.items()}
+        no_clients = {key: np.empty(0, dtype) for key, dtype in rs.CLIENT_COLUMNS.items()}
         clients = _read_group(f, rs.GROUP_CLIENTS, rs.CLIENT_COLUMNS) or no_clients
         groups = _read_group(f, rs.GROUP_GROUPS, rs.GROUP_COLUMNS) or {}
         final = f[rs.FINAL_TRAINABLE][()] if rs.FINAL_TRAINABLE in f else None
-    for key in rs.CLIENT_DEVICE_COLUMNS:  # files written before these columns existed
-        clients.setdefault(key, np.full(len(clients["round"]), np.nan))
     # Client rows are appended before their round's row: drop those of a round the run did not finish.
     finished = clients["round"] <= (rounds["round"][-1] if len(rounds["round"]) else -1)
     clients = {key: a[finished] for key, a in clients.items()}
@@ -181,9 +180,9 @@ def importance_matrix(run: Run, round: int | None = None) -> np.ndarray:
     The mean over the client's participations, or its value at one `round`; NaN rows for clients
     that did not take part.
     """
-    if "importance" not in run.clients:
+    if rs.CLIENT_IMPORTANCE not in run.clients:
         raise ValueError(f"{run.path}: no group importance recorded (num_groups_total = 0)")
-    importance = run.clients["importance"].astype(np.float64)
+    importance = run.clients[rs.CLIENT_IMPORTANCE].astype(np.float64)
     client = run.clients["client"]
     keep = np.ones(len(client), bool) if round is None else run.clients["round"] == round
     out = np.full((_num_clients(run), importance.shape[1]), np.nan)
@@ -286,6 +285,15 @@ def plot_runs(runs: Sequence[Run], path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from fedmpi import figures  # it builds on this module
+
+    if argv and argv[0] in figures.FIGURES:
+        try:
+            return figures.main(argv[0], argv[1:])
+        except (ResultFileError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_FILE
     parser = argparse.ArgumentParser(prog="python -m fedmpi.analyze", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="result files (.h5)")
     parser.add_argument("--target", type=float, default=0.7, help="metric target for 'rounds to target'")

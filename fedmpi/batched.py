@@ -11,13 +11,14 @@ state untouched. Elements of groups a client does not train get no gradient and 
 decay, as in ``LocalTrainer``, so their delta is exactly zero. The result is training the clients one after another, to float tolerance:
 the concatenated batch is padded to its longest row, so reductions see a different layout.
 
-Dropout is off: the model runs in eval mode (config: ``lora.dropout`` must be 0), because a
+Dropout is off: the model runs in eval mode (config: ``peft.lora.dropout`` must be 0), because a
 dropout draw over the concatenated batch cannot reproduce each client's own draw.
 Importance (Eq. 6) is recorded per client: the recorder sends each client's rows to its row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from torch import nn
 from fedmpi import seeding
 from fedmpi.client import LocalResult, LocalTrainer
 from fedmpi.data import collate
+from fedmpi.measure import ClientRoundMeter
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, which LocalTrainer uses
 ADAM_EPS = 1e-8
@@ -185,7 +187,6 @@ class GroupTrainer:
     ) -> list[LocalResult]:
         """Train ``clients`` (with example ``indices``) together from the global vector on the device."""
         t, start = self.trainer, time.perf_counter()
-        t._meter.start()
         global_params = torch.as_tensor(global_params, device=t.device)
         num = len(clients)
         cfg, model, device = t.cfg, t.model, t.device
@@ -202,6 +203,26 @@ class GroupTrainer:
         loss_sums = torch.zeros(num, dtype=torch.float64, device=device)
         seen = np.zeros(num, dtype=np.int64)
         model.eval()  # dropout off
+        with ClientRoundMeter(model, device) as meter:
+            self._steps(streams, stacks, loss_sums, seen, record_importance)
+        model.train()
+        scores = t.confidence.row_scores() if record_importance else None
+        deltas = [(stacks.flat(g) - global_params).cpu().numpy() for g in range(num)]
+        train_losses = loss_sums.cpu().numpy() / np.maximum(seen, 1)
+        seconds = time.perf_counter() - start
+        # The shared step's time is split by samples; its peak memory and saved activations are the step's.
+        share = np.array([idx.size for idx in indices], dtype=np.float64) / sum(idx.size for idx in indices)
+        return [
+            LocalResult(deltas[g], float(train_losses[g]), seconds * share[g], None if scores is None else scores[g],
+                        dataclasses.replace(meter.usage, seconds=meter.usage.seconds * share[g],
+                                            device_seconds=meter.usage.device_seconds * share[g]))
+            for g in range(num)
+        ]  # fmt: skip
+
+    def _steps(self, streams: list, stacks: _Stacks, loss_sums: torch.Tensor, seen: np.ndarray, record_importance: bool) -> None:
+        """Every step of the group's clients: one forward and backward over their stacked batches."""
+        t = self.trainer
+        cfg, model, device, num = t.cfg, t.model, t.device, len(streams)
         for step in range(max(len(s) for s in streams)):
             rows = [g for g in range(num) if step < len(streams[g])]
             batch_ids = [streams[g][step][0] for g in rows]
@@ -222,18 +243,6 @@ class GroupTrainer:
                     if streams[g][step][1]:  # the last epoch's mean loss, as LocalTrainer reports
                         loss_sums[g] += loss.detach().double() * n
                         seen[g] += n
-        model.train()
-        scores = t.confidence.row_scores() if record_importance else None
-        deltas = [(stacks.flat(g) - global_params).cpu().numpy() for g in range(num)]
-        train_losses = loss_sums.cpu().numpy() / np.maximum(seen, 1)
-        device_seconds, peak_memory = t._meter.stop()
-        seconds = time.perf_counter() - start
-        share = np.array([idx.size for idx in indices], dtype=np.float64) / sum(idx.size for idx in indices)
-        return [
-            LocalResult(deltas[g], float(train_losses[g]), seconds * share[g],
-                        None if scores is None else scores[g], device_seconds * share[g], peak_memory)
-            for g in range(num)
-        ]  # fmt: skip
 
 
 @contextmanager

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedmpi.selection import SELECTIONS
+
+from fedmpi.devices import DevicesConfig
 
 
 class ConfigError(ValueError):
@@ -29,12 +33,22 @@ class OutputConfig(_Section):
     resume: bool = False  # continue run output.name from its last checkpoint (start it if there is none)
 
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith(".")):
+            raise ValueError(f"{name!r} must be a plain file name (no path separators, not starting with '.'); use output.dir for the folder")
+        return name
+
+
 class DataConfig(_Section):
-    source: str = "embedded"  # embedded | jsonl | 20newsgroups | e2e_nlg | multinli | xlsum
-    path: str | None = None  # local folder for 20newsgroups / e2e_nlg (hub when None)
+    # = the registered data.SOURCES (tests/test_config.py keeps them equal)
+    source: Literal["embedded", "jsonl", "20newsgroups", "e2e_nlg", "multinli", "sick", "xlsum"] = "embedded"
+    path: str | None = None  # local folder for 20newsgroups / e2e_nlg / multinli / sick / xlsum (hub when None)
     train_file: str | None = None  # jsonl source
     eval_file: str | None = None
     input_field: str = "text"
+    pair_field: str | None = None  # jsonl: second text of a sentence pair (e.g. the NLI hypothesis)
     label_field: str = "label"
     target_field: str | None = None  # set for generation from jsonl
     strip_headers: bool = True
@@ -61,22 +75,61 @@ class LoraConfig(_Section):
     target_modules: tuple[str, ...] | None = None  # None: the architecture's q, k, v
 
 
+class Ia3Config(_Section):
+    target_modules: tuple[str, ...] | None = None  # None: peft's defaults (k, v and the FFN output)
+    feedforward_modules: tuple[str, ...] | None = None  # None: peft's defaults
+
+
+class VirtualTokensConfig(_Section):
+    num_virtual_tokens: int = Field(20, ge=1)  # Tp (the paper's tables fit 20)
+
+
+class FullConfig(_Section):
+    frozen_modules: tuple[str, ...] = ()  # module names whose parameters stay frozen (e.g. [shared])
+
+
+class PeftConfig(_Section):
+    method: Literal["lora", "ia3", "prefix", "prompt", "full"] = "lora"  # prefix = P-tuning v2
+    lora: LoraConfig = LoraConfig()
+    ia3: Ia3Config = Ia3Config()
+    prefix: VirtualTokensConfig = VirtualTokensConfig()
+    prompt: VirtualTokensConfig = VirtualTokensConfig()
+    full: FullConfig = FullConfig()
+
+
 class ClientConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)  # the paper uses 5e-4 at batch 80; 2e-3 suits the small default batches
     num_epochs: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    prox_mu: float = Field(0.0, ge=0)  # FedProx: mu/2 ||w - w_global||^2 added to the local loss; 0 = off
 
 
 class ServerConfig(_Section):
     num_rounds: int = Field(5, ge=1)
     num_clients_per_round: int = Field(10, ge=1)
-    lr: float = Field(1.0, gt=0)  # eta of Eq. 5 / Eq. 8
-    selection: Literal["random", "loss"] = "random"
+    lr: float = Field(1.0, gt=0)  # eta of Eq. 5 / Eq. 8, and every server optimizer's step size
+    # Reddi et al. 2021 (fedmpi/server_optim.py): sgd is Eq. 5 / Eq. 8 itself; the others step on
+    # the combined update as a pseudo-gradient and keep their state in the checkpoint.
+    optimizer: Literal["sgd", "avgm", "adagrad", "adam", "yogi"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)  # avgm
+    beta1: float = Field(0.9, ge=0, lt=1)  # adagrad, adam, yogi
+    beta2: float = Field(0.99, ge=0, lt=1)  # adam, yogi
+    tau: float = Field(1e-3, gt=0)  # adaptivity: m / (sqrt(v) + tau)
+    bias_correction: bool = True  # adam, yogi: Kingma's m/(1-b1^t), v/(1-b2^t); false: Reddi's Algorithm 2
+    selection: str = "random"  # a name in fedmpi.selection.SELECTIONS: random | loss | cyclic
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     eval_samples: int | None = Field(None, ge=1)  # a fixed seeded subset of the eval split; None: all of it
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
+    on_nonfinite: Literal["skip", "fail"] = "skip"  # a client update with NaN/inf: rejected, or ends the run
+
+    @field_validator("selection")
+    @classmethod
+    def _known_selection(cls, name: str) -> str:
+        if name not in SELECTIONS:
+            raise ValueError(f"unknown selection rule {name!r}; known: {', '.join(sorted(SELECTIONS))}")
+        return name
 
 
 class FedAvgConfig(_Section):
@@ -94,6 +147,12 @@ class HeadPruningConfig(_Section):
     mask_timing: Literal["post_train", "pre_train"] = "post_train"
     weighting: Literal["importance", "samples"] = "importance"
     eps: float = Field(1e-8, gt=0)
+    # Eq. 6 options (README "The method"): which tokens' columns are zeroed, which model is scored,
+    # how many leading queries of causal self-attention are skipped; and whether pruned heads are computed.
+    importance_exclude: Literal["eos", "eos+bos", "special"] = "eos"
+    score_on: Literal["training", "uploaded"] = "training"
+    skip_first_queries: int = Field(0, ge=0)
+    pruned_heads: Literal["frozen", "removed"] = "frozen"
 
     @model_validator(mode="after")
     def _weighting_needs_scores(self) -> HeadPruningConfig:
@@ -102,11 +161,129 @@ class HeadPruningConfig(_Section):
                 "strategy.weighting=importance needs strategy.pruning=importance "
                 "(random pruning measures no importance); use strategy.weighting=samples"
             )
+        if self.pruned_heads == "removed" and self.mask_timing != "pre_train":
+            raise ValueError(
+                "strategy.pruned_heads=removed needs strategy.mask_timing=pre_train: heads can only be left out of "
+                "the forward when the mask is known before training"
+            )
+        if self.score_on == "uploaded" and self.mask_timing == "pre_train":
+            raise ValueError(
+                "strategy.score_on=uploaded scores the model after training, but strategy.mask_timing=pre_train "
+                "chooses the mask before it (from the received global model, in eval mode); use one of them"
+            )
+        return self
+
+
+class LayerFinetuningConfig(_Section):
+    """Layer finetuning (arXiv 2411.07826): each client trains the last n_c blocks its ``devices`` budgets allow."""
+
+    name: Literal["layer_finetuning"] = "layer_finetuning"
+    variant: Literal["blocks", "lora"] = "blocks"  # whole blocks (the paper) or only their LoRA adapters
+    dtype_bytes: int = Field(4, ge=1)  # bytes per weight, gradient, optimizer state and activation
+
+
+class FedAraConfig(_Section):
+    """FedARA (arXiv 2501.14406): SVD adapters, a shrinking global rank budget, rank-0 modules pruned."""
+
+    name: Literal["fedara"] = "fedara"
+    initial_rank: int = Field(12, ge=1)  # r0 per module
+    target_rank: float = Field(8.0, ge=0)  # mean rank per module at the end: b_T = modules x target_rank
+    warmup_rounds: int | None = Field(None, ge=0)  # t_i; None: 10% of server.num_rounds
+    final_rounds: int | None = Field(None, ge=0)  # t_f; None: 20% of server.num_rounds
+    orth_reg_weight: float = Field(0.5, ge=0)  # gamma of the orthogonality penalty (peft's form)
+    beta1: float = Field(0.85, gt=0, lt=1)  # sensitivity smoothing
+    beta2: float = Field(0.85, gt=0, lt=1)  # uncertainty smoothing
+
+    @model_validator(mode="after")
+    def _target_below_initial(self) -> FedAraConfig:
+        if self.target_rank > self.initial_rank:
+            raise ValueError(f"strategy.target_rank ({self.target_rank}) must not exceed strategy.initial_rank ({self.initial_rank})")
+        return self
+
+
+class _LoraMeanConfig(_Section):
+    """The federated-LoRA strategies (fedmpi/strategies/lora_*.py): how clients are weighted."""
+
+    weighting: Literal["samples", "uniform"] = "samples"  # p_c = |D_c| / sum |D|, or 1 / C
+
+
+class FedITConfig(_LoraMeanConfig):
+    """FedIT: A and B averaged separately (with the task head)."""
+
+    name: Literal["fedit"] = "fedit"
+
+
+class FFALoraConfig(_LoraMeanConfig):
+    """FFA-LoRA: A frozen at its initialisation and never sent; B averaged."""
+
+    name: Literal["ffa_lora"] = "ffa_lora"
+
+
+class RoLoraConfig(_LoraMeanConfig):
+    """RoLoRA: odd rounds train and average only B, even rounds only A."""
+
+    name: Literal["rolora"] = "rolora"
+
+
+class FLoraConfig(_LoraMeanConfig):
+    """FLoRA: the exact mean s sum p_c B_c A_c goes into the frozen weight; adapters restart every round."""
+
+    name: Literal["flora"] = "flora"
+
+
+class FedExLoraConfig(_LoraMeanConfig):
+    """FedEx-LoRA: FedIT's means plus the residual that makes the frozen weight exact."""
+
+    name: Literal["fedex_lora"] = "fedex_lora"
+
+
+class _RankedLoraConfig(_LoraMeanConfig):
+    """Per-client LoRA ranks from device classes: rank ``ranks[i]`` for a share ``shares[i]`` of the clients."""
+
+    ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed peft.lora.rank (the global rank)
+    shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+
+    @model_validator(mode="after")
+    def _classes(self) -> _RankedLoraConfig:
+        if len(self.ranks) != len(self.shares) or not self.ranks:
+            raise ValueError(f"strategy.ranks and strategy.shares need one share per rank, got {self.ranks} / {self.shares}")
+        if min(self.ranks) < 1 or min(self.shares) < 0 or abs(sum(self.shares) - 1) > 1e-6:
+            raise ValueError("strategy.ranks must be >= 1 and strategy.shares >= 0 summing to 1")
+        return self
+
+
+class HetLoraConfig(_RankedLoraConfig):
+    """HetLoRA: zero-pad every client to the global rank, weighted sum; client c trains its first r_c ranks."""
+
+    name: Literal["hetlora"] = "hetlora"
+
+
+class FlexLoraConfig(_RankedLoraConfig):
+    """FlexLoRA: the exact mean of the clients' products, truncated by SVD; client c takes r_c ranks."""
+
+    name: Literal["flexlora"] = "flexlora"
+
+
+class FedSALoraConfig(_LoraMeanConfig):
+    """FedSA-LoRA: only A is shared; every client keeps its B and task head (a per-client store on rank 0)."""
+
+    name: Literal["fedsa_lora"] = "fedsa_lora"
+    store: Literal["memory", "disk"] = "memory"  # disk: one .npy per client and version under store_dir
+    store_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _disk_needs_a_folder(self) -> FedSALoraConfig:
+        if self.store == "disk" and not self.store_dir:
+            raise ValueError("strategy.store=disk needs strategy.store_dir (a folder on a file system rank 0 can write)")
         return self
 
 
 # One section per strategy, told apart by ``name`` (fedmpi.strategies.STRATEGIES has the classes).
-StrategyConfig = Annotated[FedAvgConfig | HeadPruningConfig, Field(discriminator="name")]
+StrategyConfig = Annotated[
+    FedAvgConfig | HeadPruningConfig | LayerFinetuningConfig | FedAraConfig | FedITConfig | FFALoraConfig | RoLoraConfig
+    | FLoraConfig | FedExLoraConfig | HetLoraConfig | FlexLoraConfig | FedSALoraConfig,
+    Field(discriminator="name"),
+]
 
 
 class RuntimeConfig(_Section):
@@ -116,6 +293,10 @@ class RuntimeConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward; trainable state stays float32
     deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed cuBLAS workspace
     clients_per_step: int = Field(1, ge=1)  # clients a rank trains together in one forward/backward
+    # Seconds a rank waits at a phase's agreement for the slowest rank before the job is ended
+    # (the first phases get 4x). It bounds the spread between ranks, so with
+    # server.trains_clients=false it must exceed a round's training time.
+    phase_timeout: float = Field(1800.0, gt=0)
 
 
 class Config(_Section):
@@ -123,11 +304,19 @@ class Config(_Section):
     output: OutputConfig = OutputConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    lora: LoraConfig = LoraConfig()
+    peft: PeftConfig = PeftConfig()
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
     strategy: StrategyConfig = FedAvgConfig()
+    devices: DevicesConfig = DevicesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lora" in data:
+            raise ValueError("lora: the section moved under peft (peft.method: lora, peft.lora: {rank: ...})")
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -140,17 +329,57 @@ class Config(_Section):
             raise ValueError("output.resume=true needs output.name: the run to continue")
         if self.output.resume and self.output.overwrite:
             raise ValueError("output.resume and output.overwrite exclude each other")
-        if self.runtime.clients_per_step > 1 and self.lora.dropout > 0:
-            raise ValueError(
-                f"runtime.clients_per_step={self.runtime.clients_per_step} trains with dropout off; "
-                f"set lora.dropout=0 (it is {self.lora.dropout}) or runtime.clients_per_step=1"
-            )
+        if self.runtime.clients_per_step > 1:
+            _check_clients_per_step(self)
         if self.data.source == "jsonl" and not (self.data.train_file and self.data.eval_file):
             raise ValueError("data.source=jsonl needs data.train_file and data.eval_file")
+        d = self.data
+        if d.source == "embedded" and d.num_clients > min(d.num_train, d.max_train_samples or d.num_train):
+            raise ValueError(
+                f"data.num_clients ({d.num_clients}) exceeds the embedded task's training examples "
+                f"({min(d.num_train, d.max_train_samples or d.num_train)}): every client needs at least one"
+            )
         return self
+
+    def check_world(self, num_ranks: int) -> None:
+        """What the config asks of the MPI world, checked before anything is loaded."""
+        if not self.server.trains_clients and num_ranks < 2:
+            raise ConfigError("server.trains_clients=false needs at least 2 ranks (rank 0 would only serve)")
+
+    def with_run_name(self, name: str) -> Config:
+        """This config with output.name fixed (every rank must use rank 0's generated name)."""
+        return self.model_copy(update={"output": self.output.model_copy(update={"name": name})})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# What fedmpi/batched.py's GroupTrainer honours; runtime.clients_per_step > 1 with anything else is refused.
+BATCHED_STRATEGIES = ("fedavg", "head_pruning")
+
+
+def _check_clients_per_step(cfg: Config) -> None:
+    """runtime.clients_per_step > 1 trains G clients in one forward: refuse what that cannot reproduce."""
+    g = f"runtime.clients_per_step={cfg.runtime.clients_per_step}"
+    fix = "or runtime.clients_per_step=1"
+    if cfg.strategy.name not in BATCHED_STRATEGIES:
+        raise ValueError(
+            f"{g} supports strategy.name in {', '.join(BATCHED_STRATEGIES)} only (no client hooks, starting "
+            f"points or budgets of other strategies); strategy.name is {cfg.strategy.name!r}: {fix}"
+        )
+    if cfg.peft.method != "lora":
+        raise ValueError(f"{g} stacks LoRA factors; peft.method is {cfg.peft.method!r}: set peft.method=lora {fix}")
+    if cfg.peft.lora.dropout > 0:
+        raise ValueError(
+            f"{g} trains with dropout off; set peft.lora.dropout=0 (it is {cfg.peft.lora.dropout}) {fix}"
+        )
+    if cfg.client.prox_mu > 0:
+        raise ValueError(f"{g} has no FedProx term; client.prox_mu is {cfg.client.prox_mu}: set it to 0 {fix}")
+    strategy = cfg.strategy
+    if getattr(strategy, "pruned_heads", "frozen") == "removed":
+        raise ValueError(f"{g} computes every head; strategy.pruned_heads=removed needs {fix}")
+    if getattr(strategy, "score_on", "training") == "uploaded":
+        raise ValueError(f"{g} scores heads during training only; strategy.score_on=uploaded needs {fix}")
 
 
 _STRATEGY_NAMES = frozenset(
@@ -197,6 +426,8 @@ def _format_errors(exc: ValidationError) -> str:
             if err["loc"][0] == "strategy" and len(err["loc"]) > 1 and err["loc"][1] in _STRATEGY_NAMES:
                 msg = f"unknown key for strategy.name={err['loc'][1]}"
         lines.append(f"{key}: {msg}" if err["loc"] else msg)
+    if len(lines) == 1:
+        return f"invalid configuration: {lines[0]}"
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -5,11 +5,16 @@ The evaluated examples (all of the validation split, or a fixed seeded subset of
 ranks, generation included; each rank returns per-example results, and rank 0 reassembles
 them in example order. Batches never depend on the number of ranks, so metrics are the
 same bit for bit.
+
+Classification scores accuracy. Generation generates greedily (at most the split's
+``max_target_length`` new tokens) and scores ROUGE-L, ROUGE-1 and ROUGE-2 F1 with
+``rouge-score``, the reference implementation; ROUGE-L is the run's metric. A causal LM
+generates from its left-padded prompts and only the new tokens are scored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,12 +22,18 @@ from rouge_score import rouge_scorer
 
 from fedmpi import seeding
 from fedmpi.data import TokenizedSplit, collate
+from fedmpi.data.tokenize import IGNORE_INDEX, collate_prompts
+from fedmpi.results_schema import GENERATION_METRICS, METRIC_ACCURACY
+
+# Per batch: (per-example loss, per-example scores by metric name, the run's metric first).
+BatchResult = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class EvalResult:
     loss: float  # mean per-example loss: the global loss L_g
-    metric: float  # accuracy (classification) or ROUGE-L F1 (generation)
+    metric: float  # the run's metric: accuracy (classification) or ROUGE-L F1 (generation)
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric by name, the run's first
 
 
 def eval_examples(num_examples: int, num_samples: int | None, seed: int) -> np.ndarray:
@@ -47,50 +58,74 @@ def evaluate_batches(
     device: torch.device,
     tokenizer=None,
     examples: np.ndarray | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per batch ``examples[start:stop]`` (default: all examples): (per-example loss,
-    per-example score: 1/0 correct, or ROUGE-L F1)."""
+) -> list[BatchResult]:
+    """Per batch ``examples[start:stop]`` (default: all examples): per-example loss, and
+    per-example accuracy (1/0) or ROUGE F1 scores."""
     was_training = model.training
     model.eval()
     examples = np.arange(len(split), dtype=np.int64) if examples is None else examples
     out = []
     for start, stop in bounds:
-        batch = collate(split, examples[start:stop], pad_token_id=pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        indices = examples[start:stop]
+        batch = _to(collate(split, indices, pad_token_id=pad_token_id), device)
         logits = model(**batch).logits.float()
         labels = batch["labels"]
         if split.kind == "classification":
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-            score = (logits.argmax(-1) == labels).float()
+            scores = {METRIC_ACCURACY: (logits.argmax(-1) == labels).double().cpu().numpy()}
         else:
-            # 2-D form: the (N, C, T) one runs nll_loss2d, which has no deterministic CUDA kernel.
-            token_loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=-100
-            ).view(labels.shape)
-            valid = (labels != -100).float()
-            loss = (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
-            score = _rouge_l(model, batch, tokenizer)
-        out.append((loss.cpu().numpy().astype(np.float64), score.cpu().numpy().astype(np.float64)))
+            # Prompt tuning on a causal LM prepends its virtual tokens' logits: drop them.
+            logits = logits[:, logits.shape[1] - labels.shape[1] :]
+            if split.prompt_lengths is not None:  # a causal LM: position t predicts token t + 1
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            loss = _mean_token_loss(logits, labels)
+            scores = _rouge(_generate(model, split, indices, batch, pad_token_id, device, tokenizer),
+                            _references(split, indices, tokenizer))
+        out.append((loss.cpu().numpy().astype(np.float64), scores))
     model.train(was_training)
     return out
 
 
-def _rouge_l(model: torch.nn.Module, batch: dict[str, torch.Tensor], tokenizer) -> torch.Tensor:
-    """ROUGE-L F1 (rouge-score, the reference implementation) of greedy generations."""
-    labels = batch["labels"]
-    generated = model.generate(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=labels.shape[1], do_sample=False
-    )
-    references = tokenizer.batch_decode(labels.masked_fill(labels == -100, tokenizer.pad_token_id), skip_special_tokens=True)
-    candidates = tokenizer.batch_decode(generated, skip_special_tokens=True)
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    return torch.tensor([scorer.score(ref, cand)["rougeL"].fmeasure for ref, cand in zip(references, candidates)])
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
-def combine(per_rank: list[list[tuple[np.ndarray, np.ndarray]]], num_batches: int) -> EvalResult:
+def _mean_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example: mean cross-entropy over its labelled tokens."""
+    # 2-D form: the (N, C, T) one runs nll_loss2d, which has no deterministic CUDA kernel.
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
+    ).view(labels.shape)
+    valid = (labels != IGNORE_INDEX).float()
+    return (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def _generate(model, split: TokenizedSplit, indices: np.ndarray, batch, pad_token_id: int, device, tokenizer) -> list[str]:
+    """Greedy generations, decoded; a causal LM's prompt is cut off, leaving only the new tokens."""
+    options = dict(max_new_tokens=split.max_target_length, do_sample=False, pad_token_id=pad_token_id)
+    if split.prompt_lengths is None:
+        generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options)
+    else:
+        prompts = _to(collate_prompts(split, indices, pad_token_id=pad_token_id), device)
+        generated = model.generate(**prompts, **options)[:, prompts["input_ids"].shape[1] :]
+    return tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+def _references(split: TokenizedSplit, indices: np.ndarray, tokenizer) -> list[str]:
+    return tokenizer.batch_decode([split.target_ids[int(i)].tolist() for i in indices], skip_special_tokens=True)
+
+
+def _rouge(candidates: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    scorer = rouge_scorer.RougeScorer(list(GENERATION_METRICS))
+    rows = [scorer.score(ref, cand) for ref, cand in zip(references, candidates)]
+    return {name: np.array([row[name].fmeasure for row in rows], dtype=np.float64) for name in GENERATION_METRICS}
+
+
+def combine(per_rank: list[list[BatchResult]], num_batches: int) -> EvalResult:
     """Rank 0: put the ranks' batches back in order (batch b came from rank b % size)."""
     size = len(per_rank)
     ordered = [per_rank[b % size][b // size] for b in range(num_batches)]
     losses = np.concatenate([loss for loss, _ in ordered])
-    scores = np.concatenate([score for _, score in ordered])
-    return EvalResult(loss=float(losses.mean()), metric=float(scores.mean()))
+    names = list(ordered[0][1])
+    metrics = {name: float(np.concatenate([scores[name] for _, scores in ordered]).mean()) for name in names}
+    return EvalResult(loss=float(losses.mean()), metric=metrics[names[0]], metrics=metrics)

@@ -9,7 +9,8 @@ mask), so the bytes that cross MPI shrink with sparsity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -26,8 +27,14 @@ class ClientUpdate:
     values: np.ndarray  # float32: the delta at the elements selected by group_mask
     group_mask: np.ndarray | None  # bool (num_groups,), None: every element sent
     scores: np.ndarray | None  # float32 (num_groups,): importance, 0 for pruned groups
-    device_seconds: float = float("nan")  # device time of the client's training (runtime.DeviceMeter)
-    peak_memory: float = float("nan")  # peak device bytes while it trained (NaN on the CPU)
+    # Measured (fedmpi.measure) and planned (the strategy's device budget) costs of the client-round.
+    peak_memory_bytes: float = math.nan
+    device_seconds: float = math.nan  # CUDA-event seconds of the training (NaN on the CPU)
+    saved_activation_bytes: int = 0
+    device_class: int = -1
+    planned_memory_bytes: float = math.nan
+    planned_flops: float = math.nan
+    planned_upload_bytes: float = math.nan
 
     @property
     def wire_bytes(self) -> int:
@@ -36,6 +43,9 @@ class ClientUpdate:
         if self.group_mask is not None:
             size += int(self.group_mask.sum()) * 4 + (self.group_mask.size + 7) // 8
         return size
+
+
+COST_FIELDS = tuple(f.name for f in fields(ClientUpdate))[-7:]
 
 
 def realised_sparsity(group_mask: np.ndarray | None) -> float:
@@ -89,8 +99,7 @@ def pack(updates: list[ClientUpdate]) -> tuple[np.ndarray, list[dict]]:
                 "seconds": u.seconds,
                 "ops": u.ops,
                 "paper_bytes": u.paper_bytes,
-                "device_seconds": u.device_seconds,
-                "peak_memory": u.peak_memory,
+                **{k: getattr(u, k) for k in COST_FIELDS},
                 "num_values": u.values.size,
                 "has_scores": kept_scores is not None,
                 "num_groups": None if u.group_mask is None else u.group_mask.size,
@@ -126,8 +135,7 @@ def unpack(buffer: np.ndarray, meta: list[dict]) -> list[ClientUpdate]:
                 seconds=m["seconds"],
                 ops=m["ops"],
                 paper_bytes=m["paper_bytes"],
-                device_seconds=m["device_seconds"],
-                peak_memory=m["peak_memory"],
+                **{k: m[k] for k in COST_FIELDS},
                 values=values,
                 group_mask=mask,
                 scores=scores,

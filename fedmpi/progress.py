@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from fedmpi.evaluation import EvalResult
-from fedmpi.payload import ClientUpdate, realised_sparsity
+from fedmpi.payload import COST_FIELDS, ClientUpdate, realised_sparsity
 from fedmpi.results import ResultWriter
+from fedmpi.results_schema import ROUND_METRIC_COLUMNS
 
 MIB = 2**20
 
@@ -35,6 +36,7 @@ class Progress:
         self.total_paper_bytes = 0
         self.total_mpi_bytes = 0
         self.metric_name = "accuracy"
+        self.num_rejected = 0
 
     def say(self, message: str) -> None:
         if self.enabled:
@@ -50,11 +52,20 @@ class Progress:
         *,
         seconds: float,
         mpi_bytes: int,
+        download_mpi: int = 0,
+        download_paper: list[int] | None = None,  # per update, same order
+        rejected: list[int] = (),
     ) -> None:
-        """Record one round (updates in client id order) and print its line."""
-        samples = np.array([u.num_samples for u in updates], dtype=np.float64)
-        losses = np.array([u.train_loss for u in updates])
-        train_loss = float((samples * losses).sum() / samples.sum()) if updates else math.nan
+        """Record one round (updates in client id order) and print its line.
+
+        ``rejected``: clients whose non-finite update the server left out; the training loss
+        is over the others.
+        """
+        download_paper = [0] * len(updates) if download_paper is None else download_paper
+        accepted = [u for u in updates if u.client not in rejected]
+        samples = np.array([u.num_samples for u in accepted], dtype=np.float64)
+        losses = np.array([u.train_loss for u in accepted])
+        train_loss = float((samples * losses).sum() / samples.sum()) if accepted else math.nan
         paper_bytes = sum(u.paper_bytes for u in updates)
         sparsity = float(np.mean([realised_sparsity(u.group_mask) for u in updates])) if updates else 0.0
         eval_loss = evaluated.loss if evaluated else math.nan
@@ -62,17 +73,22 @@ class Progress:
         if writer is not None:
             self.metric_name = writer.metric
             if updates:
-                self._write_clients(writer, round_, updates)
+                self._write_clients(writer, round_, updates, download_paper, rejected)
             writer.append_round(
                 {
                     "round": round_, "num_selected": len(updates), "train_loss": train_loss, "eval_loss": eval_loss,
                     "eval_metric": metric, "global_loss": eval_loss, "upload_bytes_paper": paper_bytes,
-                    "mpi_bytes": mpi_bytes, "seconds": seconds, "sparsity": sparsity,
+                    "mpi_bytes": mpi_bytes, "download_bytes_paper": sum(download_paper),
+                    "download_bytes_mpi": download_mpi, "seconds": seconds, "sparsity": sparsity,
                     "ops": float(sum(u.ops for u in updates)),
+                    **{column: (evaluated.metrics.get(name, math.nan) if evaluated else math.nan)
+                       for column, name in ROUND_METRIC_COLUMNS.items()},
+                    "num_rejected": len(rejected),
                 }
             )  # fmt: skip
         self.total_paper_bytes += paper_bytes
         self.total_mpi_bytes += mpi_bytes
+        self.num_rejected += len(rejected)
         if evaluated:
             self.history.append((round_, metric))
         parts = [f"round {round_:>{len(str(num_rounds))}}/{num_rounds}"]
@@ -81,14 +97,19 @@ class Progress:
         else:
             parts.append("initial model")
         if evaluated:
-            parts += [f"eval loss {eval_loss:.4f}", f"{self.metric_name} {metric:.4f}"]
+            parts.append(f"eval loss {eval_loss:.4f}")
+            parts += [f"{name} {value:.4f}" for name, value in (evaluated.metrics or {self.metric_name: metric}).items()]
         if updates:
             parts.append(f"upload {paper_bytes / len(updates) / MIB:.3f} MiB/client")
+        if rejected:
+            parts.append(f"{len(rejected)} non-finite update(s) rejected")
         parts.append(f"{seconds:.1f} s")
         self.say(" | ".join(parts))
 
     @staticmethod
-    def _write_clients(writer: ResultWriter, round_: int, updates: list[ClientUpdate]) -> None:
+    def _write_clients(
+        writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: list[int], rejected: list[int]
+    ) -> None:
         rows = {
             "round": np.full(len(updates), round_, dtype=np.int32),
             "client": [u.client for u in updates],
@@ -97,11 +118,13 @@ class Progress:
             "train_loss": [u.train_loss for u in updates],
             "upload_bytes_paper": [u.paper_bytes for u in updates],
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
+            "download_bytes_paper": np.asarray(download_paper, dtype=np.int64),
+            "download_bytes_mpi": np.zeros(len(updates), dtype=np.int64),  # no per-client state is sent yet
             "seconds": [u.seconds for u in updates],
-            "device_seconds": [u.device_seconds for u in updates],
-            "peak_memory_bytes": [u.peak_memory for u in updates],
             "ops": [u.ops for u in updates],
             "sparsity": [realised_sparsity(u.group_mask) for u in updates],
+            **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},
+            "rejected": [u.client in rejected for u in updates],
         }
         if writer.num_groups:
             n = writer.num_groups
@@ -114,7 +137,10 @@ class Progress:
         if self.history:
             final = self.history[-1][1]
             best_round, best = max(self.history, key=lambda rm: rm[1])
-            self.say(f"done: final {self.metric_name} {final:.4f}, best {best:.4f} (round {best_round})")
+            self.say(
+                f"done: final {self.metric_name} {final:.4f}, best {best:.4f} (round {best_round}); "
+                f"{self.num_rejected} non-finite client update(s) rejected"
+            )
         self.say(
             f"uploaded {self.total_paper_bytes / MIB:.2f} MiB (paper convention), {self.total_mpi_bytes / MIB:.2f} MiB "
             f"crossed MPI, {time.perf_counter() - self.started:.1f} s in all"

@@ -1,16 +1,22 @@
-"""The HDF5 result file, written by rank 0 only and flushed after every round.
+"""The HDF5 result file, written by rank 0 only, and the run's checkpoint beside it.
 
 Layout and names come from ``fedmpi.results_schema`` (shared with ``fedmpi.analyze``).
-A killed job leaves a readable file whose status stays "running"; a failed one is
-marked "failed" with its message; a finished one gets "complete" and the final weights.
-After every round the server's state is checkpointed into the same file, so a killed or
-preempted run can be resumed (``ResultWriter.resume``).
+The writer opens the result file only while it writes (a round's rows, a status) and
+closes it again, so other processes can read a running job's file between rounds. A killed
+job leaves a readable file whose status stays "running"; a failed or stopped one is marked
+"failed" with its message; a finished one gets "complete" and the final weights. After every
+round the server's state goes to its own checkpoint file (``<name>.ckpt.h5``), written under
+a temporary name and renamed into place, so a kill at any moment leaves either the previous
+checkpoint or the new one, never a broken one (``ResultWriter.resume``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import h5py
 import numpy as np
 
 from fedmpi import results_schema as S
+from fedmpi.output_files import checkpoint_path
 
 
 def _versions() -> dict[str, str]:
@@ -101,127 +108,148 @@ class ResultWriter:
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.checkpoint_path = checkpoint_path(path)
+        self.checkpoint_path.unlink(missing_ok=True)  # an overwritten run's checkpoint is not this run's
         self.num_groups = sum(n for _, _, n in group_families)
-        self._file = h5py.File(path, "w")
-        attrs = self._file.attrs
-        attrs.update(_versions())
-        attrs[S.ATTR_FORMAT_VERSION] = S.FORMAT_VERSION
-        attrs[S.ATTR_RUN_NAME] = run_name
-        attrs[S.ATTR_CONFIG_YAML] = config_yaml
-        attrs[S.ATTR_NUM_RANKS] = num_ranks
-        attrs[S.ATTR_STARTED_AT] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
-        attrs[S.ATTR_TASK_KIND] = task_kind
         self.metric = S.METRIC_ACCURACY if task_kind == S.TASK_CLASSIFICATION else S.METRIC_ROUGE_L
-        attrs[S.ATTR_METRIC] = self.metric
-        attrs[S.ATTR_NUM_CLIENTS] = num_clients
-        attrs[S.ATTR_NUM_GROUPS_TOTAL] = self.num_groups
-        rounds = self._file.create_group(S.GROUP_ROUNDS)
-        for name, dtype in S.ROUND_COLUMNS.items():
-            _column(rounds, name, dtype)
-        clients = self._file.create_group(S.GROUP_CLIENTS)
-        for name, dtype in {**S.CLIENT_COLUMNS, **S.CLIENT_DEVICE_COLUMNS}.items():
-            _column(clients, name, dtype)
-        if self.num_groups:
-            for name, dtype in S.CLIENT_GROUP_COLUMNS.items():
-                _column(clients, name, dtype, width=self.num_groups)
-            groups = self._file.create_group(S.GROUP_GROUPS)
-            names, kinds, counts = zip(*group_families)
-            groups.create_dataset("family_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-            groups.create_dataset("family_kinds", data=np.array(kinds, dtype=object), dtype=h5py.string_dtype())
-            groups.create_dataset("num_groups", data=np.array(counts, dtype=np.int32))
-        self._file.flush()
+        self._closed = False
+        with h5py.File(path, "w") as f:
+            attrs = f.attrs
+            attrs.update(_versions())
+            attrs[S.ATTR_FORMAT_VERSION] = S.FORMAT_VERSION
+            attrs[S.ATTR_RUN_NAME] = run_name
+            attrs[S.ATTR_CONFIG_YAML] = config_yaml
+            attrs[S.ATTR_NUM_RANKS] = num_ranks
+            attrs[S.ATTR_STARTED_AT] = _now()
+            attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
+            attrs[S.ATTR_TASK_KIND] = task_kind
+            attrs[S.ATTR_METRIC] = self.metric
+            attrs[S.ATTR_NUM_CLIENTS] = num_clients
+            attrs[S.ATTR_NUM_GROUPS_TOTAL] = self.num_groups
+            rounds = f.create_group(S.GROUP_ROUNDS)
+            for name, dtype in S.ROUND_COLUMNS.items():
+                _column(rounds, name, dtype)
+            for name in S.ROUND_METRIC_COLUMNS:
+                _column(rounds, name, "float64")
+            clients = f.create_group(S.GROUP_CLIENTS)
+            for name, dtype in {**S.CLIENT_COLUMNS, **S.CLIENT_COST_COLUMNS}.items():
+                _column(clients, name, dtype)
+            if self.num_groups:
+                for name, dtype in S.CLIENT_GROUP_COLUMNS.items():
+                    _column(clients, name, dtype, width=self.num_groups)
+                groups = f.create_group(S.GROUP_GROUPS)
+                names, kinds, counts = zip(*group_families)
+                groups.create_dataset("family_names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+                groups.create_dataset("family_kinds", data=np.array(kinds, dtype=object), dtype=h5py.string_dtype())
+                groups.create_dataset("num_groups", data=np.array(counts, dtype=np.int32))
+
+    @contextmanager
+    def _open(self) -> Iterator[h5py.File]:
+        with h5py.File(self.path, "r+") as f:
+            yield f
 
     @classmethod
     def resume(cls, path: Path, *, config_yaml: str, num_ranks: int) -> tuple[ResultWriter, ServerState]:
         """Reopen a run's file at its checkpoint: rows past it are dropped, a complete run is extended.
 
-        The config must match the run's, except for RESUMABLE_CHANGES.
+        The config must match the run's, except for RESUMABLE_CHANGES. ``num_ranks`` keeps the
+        first run's value; each resumption is recorded in ``resumed_at`` / ``resumed_num_ranks``.
         """
         writer = cls.__new__(cls)
-        writer.path = path
-        writer._file = f = h5py.File(path, "r+")
-        try:
+        writer.path, writer.checkpoint_path, writer._closed = path, checkpoint_path(path), False
+        state = read_checkpoint(writer.checkpoint_path)
+        with h5py.File(path, "r+") as f:
             changed = config_differences(f.attrs[S.ATTR_CONFIG_YAML], config_yaml)
             if changed:
                 raise ValueError(f"output.resume: the config differs from the run being resumed in {', '.join(changed)}")
-            ckpt = f[S.GROUP_CHECKPOINT]
-            state = ServerState(
-                round=int(ckpt.attrs[S.ATTR_CHECKPOINT_ROUND]),
-                trainable=ckpt["trainable"][:],
-                last_loss=ckpt["last_loss"][:],
-                times_seen=ckpt["times_seen"][:],
-                global_loss=float(ckpt.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS]),
-                strategy={k: v[()] for k, v in ckpt.get(S.CHECKPOINT_STRATEGY, {}).items()},
-            )
             for group in (S.GROUP_ROUNDS, S.GROUP_CLIENTS):  # rows written after the checkpoint
                 keep = int((f[group]["round"][:] <= state.round).sum())
                 for ds in f[group].values():
                     ds.resize(keep, axis=0)
-            for name, dtype in S.CLIENT_DEVICE_COLUMNS.items():  # a file written before these existed
-                if name not in f[S.GROUP_CLIENTS]:
-                    _column(f[S.GROUP_CLIENTS], name, dtype).resize(keep, axis=0)
-                    f[S.GROUP_CLIENTS][name][:] = np.nan
+            if "device_seconds" not in f[S.GROUP_CLIENTS]:  # a file written before the column existed
+                _column(f[S.GROUP_CLIENTS], "device_seconds", "float64").resize(keep, axis=0)
+                f[S.GROUP_CLIENTS]["device_seconds"][:] = np.nan
             if S.GROUP_FINAL in f:  # a complete run being extended by more rounds
                 del f[S.GROUP_FINAL]
             f.attrs.pop(S.ATTR_ERROR, None)
-        except BaseException:
-            f.close()
-            raise
-        f.attrs[S.ATTR_CONFIG_YAML] = config_yaml
-        f.attrs[S.ATTR_NUM_RANKS] = num_ranks
-        f.attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
-        writer.metric = f.attrs[S.ATTR_METRIC]
-        writer.num_groups = int(f.attrs[S.ATTR_NUM_GROUPS_TOTAL])
+            f.attrs[S.ATTR_CONFIG_YAML] = config_yaml
+            f.attrs[S.ATTR_RESUMED_AT] = [*f.attrs.get(S.ATTR_RESUMED_AT, []), _now()]
+            f.attrs[S.ATTR_RESUMED_NUM_RANKS] = np.array([*f.attrs.get(S.ATTR_RESUMED_NUM_RANKS, []), num_ranks], np.int32)
+            f.attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
+            writer.metric = f.attrs[S.ATTR_METRIC]
+            writer.num_groups = int(f.attrs[S.ATTR_NUM_GROUPS_TOTAL])
         return writer, state
 
     @staticmethod
     def resumable(path: Path) -> bool:
         """Whether ``path`` holds a run with a checkpoint to continue from."""
-        if not path.exists():
-            return False
-        with h5py.File(path, "r") as f:
-            return S.GROUP_CHECKPOINT in f
+        return path.exists() and checkpoint_path(path).exists()
 
     def checkpoint(self, state: ServerState) -> None:
-        """Record the server's state after ``state.round`` (rewritten in place every round)."""
-        group = self._file.require_group(S.GROUP_CHECKPOINT)
-        for name, dtype in S.CHECKPOINT_ARRAYS.items():
-            data = np.asarray(getattr(state, name), dtype=dtype)
-            if name in group:
-                group[name][...] = data
-            else:
-                group.create_dataset(name, data=data)
-        if S.CHECKPOINT_STRATEGY in group:
-            del group[S.CHECKPOINT_STRATEGY]
-        strategy = group.create_group(S.CHECKPOINT_STRATEGY)
-        for name, value in state.strategy.items():
-            strategy.create_dataset(name, data=value)
-        group.attrs[S.ATTR_CHECKPOINT_ROUND] = state.round
-        group.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS] = state.global_loss
-        self._file.flush()
+        """Record the server's state after ``state.round``: a new file, renamed over the previous one."""
+        partial = self.checkpoint_path.with_name(self.checkpoint_path.name + ".partial")
+        write_checkpoint(partial, state)
+        os.replace(partial, self.checkpoint_path)  # atomic: readers see the old file or the new one
 
     def append_clients(self, rows: dict[str, Any]) -> None:
         """Columns of several client-round rows (arrays of equal length)."""
-        _append(self._file[S.GROUP_CLIENTS], rows)
+        with self._open() as f:
+            _append(f[S.GROUP_CLIENTS], rows)
 
     def append_round(self, row: dict[str, Any]) -> None:
-        """One round's row; flushes, so the file is readable if the job dies next."""
-        _append(self._file[S.GROUP_ROUNDS], row)
-        self._file.flush()
+        """One round's row; the file is closed afterwards, so it is readable if the job dies next."""
+        with self._open() as f:
+            _append(f[S.GROUP_ROUNDS], row)
 
     def finish(self, final_params: np.ndarray) -> None:
-        self._file.create_dataset(S.FINAL_TRAINABLE, data=final_params.astype(np.float32))
-        self._file.attrs[S.ATTR_STATUS] = S.STATUS_COMPLETE
-        self.close()
+        with self._open() as f:
+            f.create_dataset(S.FINAL_TRAINABLE, data=final_params.astype(np.float32))
+            f.attrs[S.ATTR_STATUS] = S.STATUS_COMPLETE
+        self._closed = True
 
     def fail(self, message: str) -> None:
-        if self._file.id.valid:
-            self._file.attrs[S.ATTR_STATUS] = S.STATUS_FAILED
-            self._file.attrs[S.ATTR_ERROR] = message
-            self.close()
+        if not self._closed:
+            with self._open() as f:
+                f.attrs[S.ATTR_STATUS] = S.STATUS_FAILED
+                f.attrs[S.ATTR_ERROR] = message
+            self._closed = True
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self._file.flush()
-            self._file.close()
+        """Nothing stays open between writes; kept so callers can end a writer explicitly."""
+        self._closed = True
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_checkpoint(path: Path, state: ServerState) -> None:
+    """``state`` as a small HDF5 file at ``path``, on disk (fsync) before this returns."""
+    with h5py.File(path, "w") as f:
+        for name, dtype in S.CHECKPOINT_ARRAYS.items():
+            f.create_dataset(name, data=np.asarray(getattr(state, name), dtype=dtype))
+        strategy = f.create_group(S.CHECKPOINT_STRATEGY)
+        for name, value in state.strategy.items():
+            strategy.create_dataset(name, data=value)
+        f.attrs[S.ATTR_CHECKPOINT_ROUND] = state.round
+        f.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS] = state.global_loss
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: Path) -> ServerState:
+    try:
+        with h5py.File(path, "r") as f:
+            return ServerState(
+                round=int(f.attrs[S.ATTR_CHECKPOINT_ROUND]),
+                trainable=f["trainable"][:],
+                last_loss=f["last_loss"][:],
+                times_seen=f["times_seen"][:],
+                global_loss=float(f.attrs[S.ATTR_CHECKPOINT_GLOBAL_LOSS]),
+                strategy={k: v[()] for k, v in f.get(S.CHECKPOINT_STRATEGY, {}).items()},
+            )
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"output.resume: cannot read the checkpoint {path} ({exc})") from None

@@ -5,7 +5,9 @@ Change a name or a meaning here -> bump FORMAT_VERSION. Dtypes are numpy dtype n
 ("str" means a variable-length UTF-8 string, ``h5py.string_dtype()``).
 """
 
-FORMAT_VERSION = 2  # 2: heads became parameter groups (/groups, group_mask, num_groups_total)
+# 2: heads became parameter groups (/groups, group_mask, num_groups_total)
+# 3: the checkpoint in its own file, rejected updates, resume records
+FORMAT_VERSION = 3
 
 # --- root attributes ------------------------------------------------------------------------
 ATTR_FORMAT_VERSION = "format_version"
@@ -16,7 +18,9 @@ ATTR_TORCH_VERSION = "torch_version"
 ATTR_TRANSFORMERS_VERSION = "transformers_version"
 ATTR_PEFT_VERSION = "peft_version"
 ATTR_PYTHON_VERSION = "python_version"
-ATTR_NUM_RANKS = "num_ranks"
+ATTR_NUM_RANKS = "num_ranks"  # of the first run; resumptions are recorded below
+ATTR_RESUMED_AT = "resumed_at"  # only when resumed: ISO 8601 times, one per resumption
+ATTR_RESUMED_NUM_RANKS = "resumed_num_ranks"  # only when resumed: int32, the ranks of each resumption
 ATTR_STARTED_AT = "started_at"  # ISO 8601
 ATTR_STATUS = "status"  # one of STATUSES
 ATTR_METRIC = "metric"  # one of METRICS
@@ -32,7 +36,11 @@ STATUSES = (STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED)
 
 METRIC_ACCURACY = "accuracy"
 METRIC_ROUGE_L = "rougeL"
-METRICS = (METRIC_ACCURACY, METRIC_ROUGE_L)
+METRICS = (METRIC_ACCURACY, METRIC_ROUGE_L)  # the run's metric (eval_metric)
+# What a generation task reports (rouge-score's names, F1): the run's metric first.
+METRIC_ROUGE_1 = "rouge1"
+METRIC_ROUGE_2 = "rouge2"
+GENERATION_METRICS = (METRIC_ROUGE_L, METRIC_ROUGE_1, METRIC_ROUGE_2)
 
 TASK_CLASSIFICATION = "classification"
 TASK_GENERATION = "generation"
@@ -50,10 +58,29 @@ ROUND_COLUMNS: dict[str, str] = {
     "global_loss": "float64",  # L_g (= eval_loss)
     "upload_bytes_paper": "int64",  # summed over the round's clients, the paper's convention
     "mpi_bytes": "int64",  # bytes that really crossed MPI this round
+    # Download, beside upload. Paper convention: fp32 bytes of the global state each selected
+    # client receives (the adapter elements it trains, the task head excluded as in the upload;
+    # plus the full-size frozen-weight update of FLoRA / FedEx-LoRA), summed over the round's clients.
+    "download_bytes_paper": "int64",
+    # Really moved: bytes rank 0 sent this round (selection, round message, the new global vector,
+    # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count.
+    "download_bytes_mpi": "int64",
     "seconds": "float64",  # wall time of the round
     "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
     "ops": "float64",  # analytic OPs summed over the round's clients
+    "num_rejected": "int32",  # client updates rejected as non-finite (server.on_nonfinite=skip)
 }
+# Further /rounds columns (float64) of metrics beside eval_metric: column -> metric name. NaN
+# where the task does not report the metric (classification) or the round was not evaluated.
+# Written by every run; files from before they existed lack them, so readers do not require them.
+ROUND_METRIC_COLUMNS: dict[str, str] = {
+    "eval_rouge1": METRIC_ROUGE_1,
+    "eval_rouge2": METRIC_ROUGE_2,
+}
+
+# Columns added after a format version was fixed: writers always write them, readers must not
+# require them (files written before they existed lack them).
+OPTIONAL_COLUMNS = frozenset({"download_bytes_paper", "download_bytes_mpi"})
 
 # --- /clients: one row per (round, client) participation; 1-D resizable datasets, plus the
 # 2-D CLIENT_GROUP_COLUMNS of shape (rows, num_groups_total) when num_groups_total > 0.
@@ -66,18 +93,34 @@ CLIENT_COLUMNS: dict[str, str] = {
     "train_loss": "float64",
     "upload_bytes_paper": "int64",
     "upload_bytes_mpi": "int64",
+    "download_bytes_paper": "int64",  # this client's share of the round's download_bytes_paper
+    # Bytes sent to this client's rank for this client alone (its private state, e.g. FedSA-LoRA's B
+    # and task head); broadcasts reach a rank, not a client, and are counted per round only.
+    "download_bytes_mpi": "int64",
     "seconds": "float64",
     "ops": "float64",
     "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
+    "rejected": "bool",  # the update was not finite and was left out of the aggregate
 }
-# Added after format 1's first files: readers treat them as optional.
-CLIENT_DEVICE_COLUMNS: dict[str, str] = {
-    "device_seconds": "float64",  # device time (CUDA events; wall time on the CPU); a shared step is split by samples
-    "peak_memory_bytes": "float64",  # peak device memory while it trained (NaN on the CPU)
+# Written by every run, optional for readers (files from before they existed lack them):
+CLIENT_COST_COLUMNS: dict[str, str] = {
+    # Measured per client-round (fedmpi.measure): CUDA max allocated or CPU peak RSS; bytes autograd kept.
+    "peak_memory_bytes": "float64",
+    # CUDA-event seconds of the training (NaN on the CPU); a shared step (clients_per_step > 1) is split by samples.
+    "device_seconds": "float64",
+    "saved_activation_bytes": "int64",
+    # The device budget it had (index into the config's devices.classes; -1: none) and what the
+    # strategy planned with (NaN where it plans nothing): layer finetuning's fedmpi.budgets figures.
+    "device_class": "int32",
+    "planned_memory_bytes": "float64",
+    "planned_flops": "float64",
+    "planned_upload_bytes": "float64",
 }
+CLIENT_IMPORTANCE = "importance"  # per group; NaN where the strategy measures none
+CLIENT_GROUP_MASK = "group_mask"  # per group: uploaded
 CLIENT_GROUP_COLUMNS: dict[str, str] = {
-    "importance": "float32",  # per group; NaN where the strategy measures none
-    "group_mask": "bool",  # per group: uploaded
+    CLIENT_IMPORTANCE: "float32",
+    CLIENT_GROUP_MASK: "bool",
 }
 
 # --- /groups: only when num_groups_total > 0; one row per family (a module owning consecutive groups:
@@ -93,14 +136,15 @@ GROUP_COLUMNS: dict[str, str] = {
 GROUP_FINAL = "final"
 FINAL_TRAINABLE = "final/trainable"  # float32 1-D: the final global trainable vector
 
-# --- /checkpoint: the server's state after the last completed round, rewritten every round;
-# what output.resume=true continues from. attrs: round (int), global_loss (float).
-GROUP_CHECKPOINT = "checkpoint"
+# --- the checkpoint: its own file <name>.ckpt.h5 beside <name>.h5, replaced (written under a
+# temporary name, then renamed) after every round; the server's state after the last completed
+# round, what output.resume=true continues from. Datasets below; attrs: round (int), global_loss (float).
+CHECKPOINT_SUFFIX = ".ckpt.h5"
 CHECKPOINT_ARRAYS: dict[str, str] = {
     "trainable": "float32",  # the global trainable vector
     "last_loss": "float64",  # per client: loss of its last participation (+inf: never seen)
     "times_seen": "int32",  # per client: participations so far
 }
-CHECKPOINT_STRATEGY = "strategy"  # subgroup of /checkpoint: the strategy's server state, one array per name
+CHECKPOINT_STRATEGY = "strategy"  # group of the checkpoint file: the strategy's server state, one array per name
 ATTR_CHECKPOINT_ROUND = "round"
 ATTR_CHECKPOINT_GLOBAL_LOSS = "global_loss"

@@ -1,16 +1,22 @@
-"""Where a rank computes: its device, its share of the node's CPU threads, and how it is measured.
+"""Where a rank computes: its device and its share of the node's CPU threads.
 
-Ranks on one node split its cores (threads = usable cores / ranks on the node) and its
-GPUs (``device_index``: contiguous blocks of node-local ranks share a GPU when there are
-more ranks than GPUs); a run without GPUs uses the CPU. ``DeviceMeter`` records the device
-seconds and peak device memory of a piece of work.
+A rank's threads follow the launcher's allocation, first match wins:
+``runtime.num_threads``; ``SLURM_CPUS_PER_TASK`` (Slurm's --cpus-per-task); ``OMP_NUM_THREADS``;
+else the cores this rank may run on (its affinity set) shared with the other ranks of the
+node that may run on them too. When srun or mpirun pins each rank to its own cores,
+nobody shares them and a rank takes them all; when every rank sees the whole node, the
+node's cores are divided by its ranks. A rank's GPU follows its node-local rank
+(``device_index``: contiguous blocks of node-local ranks share a GPU when there are more
+ranks than GPUs) and is made current; a run without GPUs uses the CPU. ``autocast`` is the
+forward's precision (``runtime.precision``); ``runtime.deterministic`` asks torch for
+deterministic algorithms.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
+import socket
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -18,21 +24,37 @@ import torch
 from fedmpi.comm import Communicator
 from fedmpi.config import RuntimeConfig
 
+THREAD_VARIABLES = ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")  # in precedence order
 # cuBLAS needs a fixed workspace for deterministic results (PyTorch's reproducibility notes).
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def usable_cores() -> int:
+def usable_cpus() -> frozenset[int]:
+    """The CPUs this process may run on."""
     try:
-        return len(os.sched_getaffinity(0))
+        return frozenset(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return frozenset(range(os.cpu_count() or 1))
 
 
-def threads_per_rank(cfg: RuntimeConfig, local_size: int) -> int:
-    if cfg.num_threads is not None:
-        return cfg.num_threads
-    return max(1, usable_cores() // max(1, local_size))
+def threads_per_rank(
+    num_threads: int | None, environ: Mapping[str, str], mine: frozenset[int], node_ranks: list[frozenset[int]]
+) -> int:
+    """This rank's thread count. ``node_ranks``: the CPU sets of every rank on this node, this one included."""
+    if num_threads is not None:
+        return num_threads
+    for var in THREAD_VARIABLES:
+        value = environ.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    sharing = sum(1 for cpus in node_ranks if cpus & mine) or 1
+    return max(1, len(mine) // sharing)
+
+
+def node_cpu_sets(comm: Communicator, mine: frozenset[int]) -> list[frozenset[int]]:
+    """The CPU sets of the ranks on this node (found by host name)."""
+    host = socket.gethostname()
+    return [cpus for other, cpus in comm.allgather((host, mine)) if other == host]
 
 
 def device_index(local_rank: int, local_size: int, num_devices: int) -> int:
@@ -55,16 +77,18 @@ def select_device(cfg: RuntimeConfig, local_rank: int, local_size: int = 1) -> t
     return torch.device("cuda", device_index(local_rank, local_size, torch.cuda.device_count()))
 
 
-def configure(cfg: RuntimeConfig, comm: Communicator) -> torch.device:
-    """Set this rank's threads, determinism and current device; return the device."""
-    torch.set_num_threads(threads_per_rank(cfg, comm.local_size))
+def configure(cfg: RuntimeConfig, comm: Communicator) -> tuple[torch.device, int]:
+    """Set this rank's thread count, determinism and current device; return the device and the count."""
+    mine = usable_cpus()
+    threads = threads_per_rank(cfg.num_threads, os.environ, mine, node_cpu_sets(comm, mine))
+    torch.set_num_threads(threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)  # before any cuBLAS call
         torch.use_deterministic_algorithms(True)
     device = select_device(cfg, comm.local_rank, comm.local_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # so stray allocations and kernels land on this rank's GPU
-    return device
+    return device, threads
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -74,34 +98,3 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     raise ValueError(f"runtime.precision must be fp32 or bf16, got {precision!r}")
-
-
-class DeviceMeter:
-    """Device seconds and peak device memory of the work between ``start`` and ``stop``.
-
-    On CUDA: CUDA events around the work and ``torch.cuda.max_memory_allocated`` since
-    ``start``. On the CPU the device is the host: wall seconds, and NaN peak memory (the
-    process's peak RSS never goes down, so a per-client figure cannot be had from it).
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._start_time = 0.0
-        self._events: tuple[torch.cuda.Event, torch.cuda.Event] | None = None
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            self._events[0].record()
-        else:
-            self._start_time = time.perf_counter()
-
-    def stop(self) -> tuple[float, float]:
-        """(device seconds, peak device bytes or NaN)."""
-        if self.device.type == "cuda":
-            begin, end = self._events
-            end.record()
-            end.synchronize()
-            return begin.elapsed_time(end) / 1000.0, float(torch.cuda.max_memory_allocated(self.device))
-        return time.perf_counter() - self._start_time, math.nan

@@ -19,6 +19,9 @@ SELECT = "select"
 SHUFFLE = "shuffle"
 DROPOUT = "dropout"
 PRUNE = "prune"
+DEVICES = "devices"  # which device class each client owns
+LORA_RANK = "lora_rank"  # per-client LoRA rank (HetLoRA, FlexLoRA)
+LORA_INIT = "lora_init"  # fresh adapters each round (FLoRA)
 EVAL_SUBSET = "eval_subset"
 
 

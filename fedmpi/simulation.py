@@ -9,7 +9,6 @@ job on all ranks with one message. Round 0 evaluates the initial model.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,19 +17,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmpi import accounting, runtime, seeding
+from fedmpi import accounting, output_files, runtime, seeding
 from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
 from fedmpi.evaluation import EvalResult, batch_bounds, combine, eval_examples
-from fedmpi.models import HeadConfidence, LoraSettings, ModelBundle, build_model, use_confidence_attention
+from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
+from fedmpi.models.limits import check_lengths
+from fedmpi.models.exclusion import importance_options
+from fedmpi.models.head_subset import check_supported
+from fedmpi.peft_methods import PeftMethod, method_from_config
 from fedmpi.payload import ClientUpdate, pack, unpack
 from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
 from fedmpi.server import Server
+from fedmpi.models.arch import arch_spec
 from fedmpi.placement import assign_by_work, client_token_counts
-from fedmpi.strategies import STRATEGIES, build_strategy
+from fedmpi.strategies import STRATEGIES, RunInfo
 from fedmpi.worker import Worker
 
 
@@ -48,18 +52,8 @@ class _Parts:
     writer: ResultWriter | None = None  # rank 0 only
 
 
-def run_name(cfg: Config) -> str:
-    if cfg.output.name:
-        return cfg.output.name
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.strategy.name}-{cfg.server.selection}-s{cfg.seed}-{stamp}"
-
-
 def result_path(cfg: Config, name: str) -> Path:
-    path = Path(cfg.output.dir) / f"{name}.h5"
-    if path.exists() and not (cfg.output.overwrite or cfg.output.resume):
-        raise ValueError(f"output: {path} already exists; set output.name=... or output.overwrite=true")
-    return path
+    return output_files.check_result_path(Path(cfg.output.dir), name, replace=cfg.output.overwrite or cfg.output.resume)
 
 
 def _worker_ranks(cfg: Config, comm: Communicator) -> list[int]:
@@ -74,19 +68,29 @@ def _load_task(cfg: Config) -> TaskData:
     d = cfg.data
     return load_task(
         d.source, path=d.path, train_file=d.train_file, eval_file=d.eval_file, input_field=d.input_field,
-        label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
+        pair_field=d.pair_field, label_field=d.label_field, target_field=d.target_field, seed=cfg.seed, max_train_samples=d.max_train_samples,
         max_eval_samples=d.max_eval_samples, strip_headers=d.strip_headers, num_train=d.num_train, num_eval=d.num_eval,
     )  # fmt: skip
 
 
+def _peft_method(cfg: Config) -> PeftMethod:
+    """The strategy's own PEFT method (layer finetuning's blocks, FedARA's SVD adapters), else peft.method."""
+    own = STRATEGIES[cfg.strategy.name].peft_method(cfg.strategy, cfg.peft.lora)
+    return own if own is not None else method_from_config(cfg.peft)
+
+
 def _build_model(cfg: Config, task: TaskData, device: torch.device) -> ModelBundle:
-    lora = LoraSettings(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
     bundle = build_model(
-        cfg.model.name, kind=task.kind, num_labels=task.num_labels, lora=lora,
+        cfg.model.name, kind=task.kind, num_labels=task.num_labels, method=_peft_method(cfg),
         seed=seeding.torch_seed(cfg.seed, seeding.INIT), attn_implementation=cfg.model.attn_implementation,
     )  # fmt: skip
     bundle.model.to(device)
     return bundle
+
+
+def _task_head(bundle: ModelBundle, kind: str) -> tuple[str, ...]:
+    spec = arch_spec(bundle.model.config.model_type)
+    return tuple(spec.task_head) if (spec and kind == "classification") else ()
 
 
 def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
@@ -99,27 +103,52 @@ def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
 
 
 def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float]:
-    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity."""
+    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity.
+
+    NaN where its rules do not apply: another architecture, adapters other than head-pruned
+    LoRA (layer finetuning's and FedARA's planned or measured costs are recorded instead), or
+    a client that uploaded no group at all.
+    """
     try:
-        dims = accounting.attention_dims(bundle.model.get_base_model().config)
+        dims = accounting.attention_dims(hf_model(bundle.model).config)
     except ValueError:  # an architecture the paper's OPs rules do not cover
         return lambda sparsity: float("nan")
-    return lambda sparsity: accounting.ops_per_sequence(dims, rank=cfg.lora.rank, sparsity=sparsity)
+    if not STRATEGIES[cfg.strategy.name].paper_ops:
+        return lambda sparsity: float("nan")
+    return lambda sparsity: (
+        accounting.ops_per_sequence(dims, peft=cfg.peft.method, rank=cfg.peft.lora.rank, sparsity=sparsity)
+        if sparsity < 1 else float("nan")
+    )
 
 
 def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     """Every rank: device, data, model, partition and the worker role. Writes no file."""
-    device = runtime.configure(cfg.runtime, comm)
+    device, threads = runtime.configure(cfg.runtime, comm)
     worker_ranks = _worker_ranks(cfg, comm)
     task = _load_task(cfg)
     progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
     bundle = _build_model(cfg, task, device)
-    strategy = build_strategy(cfg.strategy, STRATEGIES[cfg.strategy.name].group_map(bundle))
+    target_length = cfg.data.max_target_length if task.kind == "generation" else None
+    check_lengths(bundle.model.get_base_model().config, max_length=cfg.data.max_length, max_target_length=target_length)
+    run = RunInfo(
+        seed=cfg.seed, num_rounds=cfg.server.num_rounds, num_clients=cfg.data.num_clients,
+        batch_size=cfg.client.batch_size, num_epochs=cfg.client.num_epochs, max_length=cfg.data.max_length,
+        devices=cfg.devices, model=bundle.model, task_head=_task_head(bundle, task.kind),
+    )  # fmt: skip
+    strategy = STRATEGIES[cfg.strategy.name].for_run(cfg.strategy, bundle, run)
     confidence = None
+    if strategy.needs_confidence or strategy.removes_untrained:
+        use_confidence_attention(bundle.model)  # SDPA underneath; it also slices T5's bias for removed heads
+    if strategy.removes_untrained:
+        check_supported(bundle.model)
     if strategy.needs_confidence:
-        use_confidence_attention(bundle.model)
-        confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
-    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length)
+        options = importance_options(
+            strategy.importance_exclude, bundle.tokenizer, bundle.model.config, eos_token_id=bundle.eos_token_id,
+            pad_token_id=bundle.pad_token_id, skip_first_queries=strategy.skip_first_queries,
+        )  # fmt: skip
+        confidence = HeadConfidence(bundle.model, bundle.head_map, options=options, pad_token_id=bundle.pad_token_id)
+    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length,
+                   causal_lm=bundle.causal_lm)
     train = tokenize_split(task.train, bundle.tokenizer, **lengths)
     evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
     rt = cfg.runtime
@@ -138,7 +167,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
         f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
         f"{groups.num_groups} groups in {len(groups.families)} families; device {device} "
         f"({rt.precision}, {rt.clients_per_step} client(s) per step), "
-        f"{runtime.threads_per_rank(cfg.runtime, comm.local_size)} thread(s) per rank, {comm.size} rank(s)"
+        f"{threads} thread(s) per rank, {comm.size} rank(s)"
     )
     progress.say(
         f"federation: {cfg.data.num_clients} clients ({cfg.data.partition}), {cfg.server.num_clients_per_round} per "
@@ -168,55 +197,92 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     )  # fmt: skip
 
 
-def _evaluate(comm: Communicator, parts: _Parts, batch_size: int) -> EvalResult | None:
+def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int) -> EvalResult | None:
     bounds = batch_bounds(parts.num_eval, batch_size)
     mine = bounds[comm.rank :: comm.size]
-    results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, parts.params))
-    gathered = comm.gather(results)
-    return combine(gathered, len(bounds)) if gathered is not None else None
+    strategy, server = parts.worker.strategy, parts.server
+    models = [parts.params]
+    if strategy.personal_evaluation:  # per-client models (FedSA-LoRA); their mean is the round's figure
+        models = comm.bcast(server.strategy.evaluation_vectors(parts.params) if server else None) or models
+    evaluated = []
+    for params in models:
+        results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params), warmup=round_ <= 1)
+        gathered = comm.gather(results)
+        evaluated.append(combine(gathered, len(bounds)) if gathered is not None else None)
+    if evaluated[0] is None or len(evaluated) == 1:
+        return evaluated[0]
+    return EvalResult(
+        loss=float(np.mean([e.loss for e in evaluated])),
+        metric=float(np.mean([e.metric for e in evaluated])),
+        metrics={key: float(np.mean([e.metrics[key] for e in evaluated])) for key in evaluated[0].metrics},
+    )
 
 
-def _train_round(comm: Communicator, parts: _Parts, round_: int) -> list[ClientUpdate] | None:
+def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[ClientUpdate] | None, int]:
+    """One round's training and aggregation; also the bytes rank 0 sent (the download over MPI)."""
     server = parts.server
-    selected, message = comm.bcast((server.select(round_), server.strategy.round_message(round_)) if server else None)
+    before = comm.bytes_moved
+    selected = server.select(round_) if server else None
+    selected, message = comm.bcast((selected, server.strategy.round_message(round_, selected)) if server else None)
+    download = comm.bytes_moved - before
     plan = assign_by_work(selected, parts.client_work, parts.worker_ranks, parts.clients_per_step)
     mine = plan.get(comm.rank, [])
-    updates = collective(comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message))
+    updates = collective(
+        comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message), warmup=round_ <= 1
+    )
     buffer, meta = pack(updates)
     buffers = comm.gather_arrays(buffer)
     metas = comm.gather(meta)
     gathered = None
     if parts.server is not None:
         gathered = [u for b, m in zip(buffers, metas) for u in unpack(b, m)]
-    collective(comm, "aggregation", lambda: parts.server.apply(gathered) if parts.server else None)
+    collective(comm, "aggregation", lambda: parts.server.apply(gathered, round_) if parts.server else None, warmup=round_ <= 1)
     if parts.server is not None:
         parts.params[:] = parts.server.params
+    before = comm.bytes_moved
     comm.bcast_array(parts.params)
-    return gathered
+    _sync_frozen_weights(comm, parts)
+    return gathered, download + comm.bytes_moved - before
+
+
+def _sync_frozen_weights(comm: Communicator, parts: _Parts) -> None:
+    """Every rank's model takes rank 0's frozen weights, for strategies that move them (FLoRA, FedEx-LoRA)."""
+    strategy = parts.worker.strategy
+    if not strategy.moves_frozen_weights:
+        return
+    frozen = strategy.frozen_weights() if parts.server is not None else strategy.frozen_weights().copy()
+    comm.bcast_array(frozen)  # on ranks > 0 the local copy is only the buffer's shape
+    strategy.set_frozen_weights(parts.worker.trainer.bundle.model, frozen)
 
 
 def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Path | None:
     """Run one simulation; returns the result file's path on rank 0, None elsewhere."""
     progress = progress or Progress(enabled=comm.rank == 0)
-    name = comm.bcast(run_name(cfg) if comm.rank == 0 else None)
-    parts = collective(comm, "setup", lambda: _build(cfg, comm, progress), debug=True)
-    collective(comm, "output", lambda: _open_results(cfg, comm, parts, name, progress) if comm.rank == 0 else None)
+    name = comm.bcast(output_files.run_name(cfg) if comm.rank == 0 else None)
+    parts = collective(comm, "setup", lambda: _build(cfg, comm, progress), warmup=True)
+    collective(comm, "output", lambda: _open_results(cfg, comm, parts, name, progress) if comm.rank == 0 else None, warmup=True)
     writer, server = parts.writer, parts.server
     try:
         first_round = comm.bcast(parts.first_round)
         if first_round > 0:  # resumed: every rank continues from rank 0's checkpointed vector
             comm.bcast_array(parts.params)
+            _sync_frozen_weights(comm, parts)
         for round_ in range(first_round, cfg.server.num_rounds + 1):
             start, moved = time.perf_counter(), comm.bytes_moved
-            updates = _train_round(comm, parts, round_) if round_ > 0 else []
+            updates, download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0)
             last = round_ == cfg.server.num_rounds
-            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size) if round_ % cfg.server.eval_every == 0 or last else None
+            evaluate = round_ % cfg.server.eval_every == 0 or last
+            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size, round_) if evaluate else None
             if server is not None:
                 if evaluated is not None:
                     server.global_loss = evaluated.loss
+                ordered = sorted(updates, key=lambda u: u.client)
+                adapter_bytes = parts.worker.upload_size.download
                 progress.round(
-                    writer, round_, cfg.server.num_rounds, sorted(updates, key=lambda u: u.client), evaluated,
-                    seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved,
+                    writer, round_, cfg.server.num_rounds, ordered, evaluated,
+                    seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved, download_mpi=download_mpi,
+                    download_paper=[server.strategy.download_bytes(u.client, adapter_bytes) for u in ordered],
+                    rejected=server.rejected if round_ > 0 else [],
                 )  # fmt: skip
                 writer.checkpoint(server.state(round_))
         if writer is not None:

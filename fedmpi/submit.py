@@ -1,10 +1,13 @@
 """Slurm submission of a fedmpi run through submitit: CLI flags -> submitit parameters -> one job.
 
-One Slurm task is one MPI rank: ``srun`` starts ``nodes * tasks_per_node`` copies of
-``python -m submitit.core._submit``, each unpickles a :class:`FedmpiJob` and calls
-``fedmpi.launch.main(argv)``, and mpi4py joins them into one world through the cluster
-MPI's PMI. Nothing device-specific is set here: the launcher picks each rank's GPU from
-SLURM_LOCALID / the MPI local rank. ``slurm/fedmpi.sbatch`` is the same job without submitit.
+One Slurm task is one MPI rank: ``srun --mpi=<--mpi>`` starts ``nodes * tasks_per_node``
+copies of ``python -m submitit.core._submit``, each unpickles a :class:`FedmpiJob` and calls
+``fedmpi.launch.main(argv)``, and mpi4py joins them into one world through that PMI (pmi2
+suits the PyPI mpich wheel and most MPIs). The config is validated here, before anything is
+queued, and every job is submitted resumable under a name fixed at submission, so a
+preempted, requeued or timed-out job continues its own result file. Nothing device-specific
+is set here: the launcher picks each rank's GPU from its node-local rank.
+``slurm/fedmpi.sbatch`` is the same job without submitit.
 
     python -m fedmpi.submit --config configs/x.yaml rounds=50 --nodes 2 --tasks-per-node 4 \\
         --gpus-per-node 4 --partition gpu --time 2:00:00 [--dry-run | --local]
@@ -13,7 +16,6 @@ SLURM_LOCALID / the MPI local rank. ``slurm/fedmpi.sbatch`` is the same job with
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import math
@@ -26,10 +28,18 @@ from typing import Any, Callable
 import submitit
 from submitit.slurm.slurm import SlurmExecutor
 
+from fedmpi.config import ConfigError, load_config
+from fedmpi.output_files import unique_stamp
+
 # A requeued job resumes from its last round (output.resume), so a run longer than the time
 # limit continues over several allocations; preemptions are requeued without counting here.
 MAX_NUM_TIMEOUT = 10
 DEFAULT_TIME_MIN = 60  # submitit's own default would be 5 minutes
+# submitit's pre-timeout signal (USR2) comes this long before the time limit, but never in the
+# first 80% of a short job: a signal that arrives before the job has installed its handler
+# would kill the job instead of requeueing it.
+SIGNAL_DELAY_S = 90
+SIGNAL_DELAY_SHARE = 0.2
 _TIME_RE = re.compile(r"(?:(\d+)-)?(\d+(?::\d+){0,2})")
 
 
@@ -53,6 +63,7 @@ class FedmpiJob(submitit.helpers.Checkpointable):
         return 0
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # job_argv already asks for output.resume=true; this keeps jobs built elsewhere resumable too.
         resume = [a for a in self.argv if not a.startswith("output.resume=")] + ["output.resume=true"]
         return submitit.helpers.DelayedSubmission(FedmpiJob(resume, self.entry))
 
@@ -96,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_int_at_least(1), required=True)
     p.add_argument("--tasks-per-node", type=_int_at_least(1), required=True, help="MPI ranks per node")
     p.add_argument("--gpus-per-node", type=_int_at_least(0))
-    p.add_argument("--cpus-per-task", type=_int_at_least(1), help="default: Slurm's")
+    p.add_argument("--cpus-per-task", type=_int_at_least(1), help="default: Slurm's; each rank's thread count")
+    p.add_argument("--mem", help="memory per node, Slurm's form (16G, 4000M); default: Slurm's")
+    p.add_argument("--mpi", default="pmi2", help="srun --mpi plugin that wires the ranks into one MPI world (default: pmi2)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, repeatable: --sbatch qos=high --sbatch constraint=a100")
     p.add_argument("--partition")
     p.add_argument("--time", type=parse_time, default=DEFAULT_TIME_MIN,
                    help=f"M, H:MM:SS or D-HH:MM:SS (default: {DEFAULT_TIME_MIN} minutes)")
@@ -120,11 +135,29 @@ def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "cpus_per_task": args.cpus_per_task,
         "slurm_partition": args.partition,
         "slurm_account": args.account,
-        # A rank that raises exits non-zero; srun then ends the others instead of leaving
-        # them blocked in a collective until the time limit.
-        "slurm_srun_args": ["--kill-on-bad-exit=1"],
+        "slurm_mem": args.mem,
+        "slurm_signal_delay_s": min(SIGNAL_DELAY_S, max(1, int(args.time * 60 * SIGNAL_DELAY_SHARE))),
+        # --mpi: without a PMI each task would be its own 1-rank world. --kill-on-bad-exit: a
+        # rank that raises exits non-zero and srun ends the others instead of leaving them
+        # blocked in a collective until the time limit.
+        "slurm_srun_args": [f"--mpi={args.mpi}", "--kill-on-bad-exit=1"],
+        "slurm_additional_parameters": sbatch_options(args.sbatch) or None,
+        # A killed step can leave MPICH's shared memory behind, which the requeued step (same
+        # job and step ids) would trip over in MPI_Init: remove unused ones on every node first.
+        "slurm_setup": [f"srun --ntasks-per-node=1 --mpi=none {sys.executable} -m fedmpi.comm.stale_shm"],
     }
     return {key: value for key, value in params.items() if value is not None}
+
+
+def sbatch_options(pairs: list[str]) -> dict[str, str]:
+    """``["qos=high", "constraint=a100"]`` -> {"qos": "high", "constraint": "a100"} (sbatch --qos=high ...)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--sbatch {pair!r}: use KEY=VALUE, e.g. --sbatch qos=high")
+        options[key.removeprefix("--").replace("-", "_")] = value
+    return options
 
 
 def job_name(args: argparse.Namespace) -> str:
@@ -134,13 +167,16 @@ def job_name(args: argparse.Namespace) -> str:
 def job_argv(args: argparse.Namespace, stamp: str | None = None) -> list[str]:
     """The argv of ``fedmpi.launch.main``.
 
-    The config path is made absolute so the job's cwd does not matter, and the run gets a
-    fixed ``output.name`` (unless one is given) so that a requeued job resumes the same file.
+    The config path is made absolute so the job's cwd does not matter; the run gets a
+    fixed ``output.name`` (unless one is given; the stamp is unique even within a second)
+    and ``output.resume=true``, so that however the job is restarted (requeue, preemption,
+    timeout) it continues the same file, and starts it when there is nothing yet.
     """
     argv = (["--config", str(args.config.resolve())] if args.config else []) + list(args.overrides)
     if not any(a.startswith("output.name=") for a in argv):
-        stamp = stamp or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        argv.append(f"output.name={job_name(args)}-{stamp}")
+        argv.append(f"output.name={job_name(args)}-{stamp or unique_stamp()}")
+    if not any(a.startswith(("output.resume=", "output.overwrite=")) for a in argv):
+        argv.append("output.resume=true")
     return argv
 
 
@@ -176,11 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     for override in args.overrides:
         if "=" not in override:
             parser.error(f"override {override!r} must look like key.sub=value")
-    params, launch_argv = slurm_parameters(args), job_argv(args)
+    try:
+        params, launch_argv = slurm_parameters(args), job_argv(args)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    try:  # the job would fail on this in seconds, after waiting in the queue: fail here instead
+        cfg = load_config(args.config, launch_argv[2:] if args.config else launch_argv)
+    except ConfigError as error:
+        parser.exit(2, f"fedmpi.submit: {error}\n")
+    results = Path(cfg.output.dir).resolve() / f"{cfg.output.name}.h5"
+    launch_argv.append(f"output.dir={results.parent}")  # the job's cwd must not matter
 
     if args.dry_run:
         print("submitit parameters:\n" + json.dumps(params, indent=2))
         print("fedmpi.launch argv: " + " ".join(launch_argv))
+        print(f"results: {results}")
         print("sbatch file:\n" + sbatch_text(args.log_dir, params))
         return 0
 
@@ -205,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     job = executor.submit(FedmpiJob(launch_argv))
     print(f"Submitted Slurm job {job.job_id}: {args.nodes} node(s) x {args.tasks_per_node} rank(s)")
     print(f"Logs: {job.paths.folder} (rank 0: {job.paths.stdout.name}, rank r: {job.job_id}_<r>_log.out)")
+    print(f"Results: {results}")
     return 0
 
 

@@ -56,7 +56,7 @@ def ops(dims, sparsity=0.0, **kwargs):
         (T5_SMALL, dict(peft="lora", rank=4), "32.05 G", "7.76 G"),
         (T5_SMALL, dict(peft="full"), "41.07 G", "10.63 G"),
         (T5_SMALL, dict(peft="prompt"), "22.81 G", "6.47 G"),
-        (T5_SMALL, dict(peft="ptuning"), "23.80 G", "6.73 G"),
+        (T5_SMALL, dict(peft="prefix"), "23.80 G", "6.73 G"),
         (T5_BASE, dict(peft="lora"), "128.19 G", "34.83 G"),
         (BART_TABLE_A7, dict(peft="lora"), "209.58 G", "59.01 G"),  # Table 4
         (DISTILBERT, dict(peft="lora"), "42.73 G", "11.61 G"),

@@ -68,7 +68,7 @@ def _clients(round_client: list[tuple[int, int]], **extra: Any) -> dict[str, lis
     return {
         "round": [r for r, _ in round_client], "client": [c for _, c in round_client], "rank": [c % 2 for _, c in round_client],
         "num_samples": [10] * n, "train_loss": [1.0] * n, "upload_bytes_paper": [100] * n,
-        "upload_bytes_mpi": [120] * n, "seconds": [0.5] * n, "ops": [1e9] * n, "sparsity": [0.0] * n, **extra,
+        "upload_bytes_mpi": [120] * n, "seconds": [0.5] * n, "ops": [1e9] * n, "sparsity": [0.0] * n, "rejected": [False] * n, **extra,
     }  # fmt: skip
 
 
@@ -80,7 +80,7 @@ def complete_file(tmp_path: Path) -> Path:
         "train_loss": [NAN, 1.0, 0.8, 0.6, 0.5], "eval_loss": [1.2, 1.0, NAN, 0.7, 0.65],
         "eval_metric": [0.5, 0.6, NAN, 0.75, 0.72], "global_loss": [1.2, 1.0, NAN, 0.7, 0.65],
         "upload_bytes_paper": [0, MIB, MIB, 2 * MIB, MIB // 2], "mpi_bytes": [100, 200, 300, 400, 500],
-        "seconds": [0.5, 2.0, 3.0, 4.0, 3.0], "sparsity": [0.0] * 5, "ops": [0.0, 1e9, 1e9, 1e9, 1e9],
+        "seconds": [0.5, 2.0, 3.0, 4.0, 3.0], "sparsity": [0.0] * 5, "num_rejected": [0] * 5, "ops": [0.0, 1e9, 1e9, 1e9, 1e9],
     }  # fmt: skip
     clients = _clients([(r, c) for r in range(1, 5) for c in (0, 1)])
     config = "model:\n  name: minilm\nstrategy:\n  name: fedavg\nselection:\n  name: random\n"
@@ -97,7 +97,7 @@ def killed_file(tmp_path: Path) -> Path:
     rounds = {
         "round": [0, 1, 2], "num_selected": [0, 2, 2], "train_loss": [NAN, 0.9, 0.8], "eval_loss": [1.1, 1.0, 0.9],
         "eval_metric": [0.4, 0.55, 0.65], "global_loss": [1.1, 1.0, 0.9], "upload_bytes_paper": [0, 3 * MIB, MIB],
-        "mpi_bytes": [10, 20, 30], "seconds": [1.0, 5.0, 7.0, 99.0], "sparsity": [0.0, 0.25, 0.5], "ops": [0.0, 1.0, 2.0],
+        "mpi_bytes": [10, 20, 30], "seconds": [1.0, 5.0, 7.0, 99.0], "sparsity": [0.0, 0.25, 0.5], "num_rejected": [0, 0, 0], "ops": [0.0, 1.0, 2.0],
     }  # fmt: skip
     importance = [[1, 2, 3, 4], [0, 0, 0, 0], [3, 2, 1, 0], [2, 2, 2, 4]]
     importance.append([9, 9, 9, 9])  # a row of round 3, which never finished: ignored

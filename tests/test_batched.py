@@ -10,7 +10,9 @@ from fedmpi.batched import GroupTrainer, adamw_step, client_batches
 from fedmpi.client import LocalTrainer
 from fedmpi.config import ClientConfig
 from fedmpi.data import TextSplit, tokenize_split
-from fedmpi.models import HeadConfidence, LoraSettings, build_model, use_confidence_attention
+from fedmpi.models import HeadConfidence, build_model, use_confidence_attention
+from fedmpi.models.exclusion import importance_options
+from fedmpi.peft_methods import Lora
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 
@@ -27,11 +29,13 @@ def _setup(name: str, kind: str, *, epochs: int = 1):
         split = TextSplit(inputs=inputs, labels=rng.integers(0, 3, n).astype(np.int64), targets=None)
     else:
         split = TextSplit(inputs=inputs, labels=None, targets=_texts(rng, n, 2, 8))
-    lora = LoraSettings(rank=4, alpha=8, dropout=0.0)
-    bundle = build_model(name, kind=kind, num_labels=3 if kind == "classification" else None, lora=lora, seed=1,
+    lora = Lora(rank=4, alpha=8, dropout=0.0)
+    bundle = build_model(name, kind=kind, num_labels=3 if kind == "classification" else None, method=lora, seed=1,
                          attn_implementation="eager")  # fmt: skip
     use_confidence_attention(bundle.model)
-    confidence = HeadConfidence(bundle.model, bundle.head_map, eos_token_id=bundle.eos_token_id, pad_token_id=bundle.pad_token_id)
+    options = importance_options("eos", bundle.tokenizer, bundle.model.config, eos_token_id=bundle.eos_token_id,
+                                 pad_token_id=bundle.pad_token_id)  # fmt: skip
+    confidence = HeadConfidence(bundle.model, bundle.head_map, options=options, pad_token_id=bundle.pad_token_id)
     train = tokenize_split(split, bundle.tokenizer, kind=kind, max_length=24, max_target_length=12)
     cfg = ClientConfig(batch_size=4, lr=5e-3, num_epochs=epochs, weight_decay=0.01)
     trainer = LocalTrainer(bundle, train, cfg, device=torch.device("cpu"), seed=3, confidence=confidence,
@@ -125,6 +129,29 @@ def test_non_linear_trainable_parameter_is_a_clear_error() -> None:
 def test_clients_per_step_above_one_needs_lora_dropout_off() -> None:
     from fedmpi.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="lora.dropout=0"):
+    with pytest.raises(ConfigError, match="peft.lora.dropout=0"):
         load_config(overrides=["runtime.clients_per_step=2"])
-    assert load_config(overrides=["runtime.clients_per_step=2", "lora.dropout=0"]).runtime.clients_per_step == 2
+    assert load_config(overrides=["runtime.clients_per_step=2", "peft.lora.dropout=0"]).runtime.clients_per_step == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["strategy.name=fedara"], "strategy.name"),
+        (["strategy.name=hetlora"], "strategy.name"),
+        (["peft.method=ia3"], "peft.method"),
+        (["client.prox_mu=0.1"], "client.prox_mu"),
+        (["strategy.name=head_pruning", "strategy.mask_timing=pre_train", "strategy.pruned_heads=removed"],
+         "strategy.pruned_heads=removed"),
+        (["strategy.name=head_pruning", "strategy.score_on=uploaded"], "strategy.score_on=uploaded"),
+    ],
+)
+def test_clients_per_step_above_one_refuses_what_it_cannot_honour(overrides: list[str], key: str) -> None:
+    """Each error names runtime.clients_per_step and the key that conflicts with it."""
+    from fedmpi.config import ConfigError, load_config
+
+    settings = [*overrides, "peft.lora.dropout=0"]
+    load_config(overrides=settings)  # fine one client at a time
+    with pytest.raises(ConfigError, match="runtime.clients_per_step=2") as error:
+        load_config(overrides=[*settings, "runtime.clients_per_step=2"])
+    assert key in str(error.value)

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
 from fedmpi.accounting import lora_upload_bytes_paper
-from fedmpi.models import LoraSettings, TrainableLayout, build_head_map, wrap_with_lora
-from fedmpi.models.groups import GroupFamily, GroupMap
+from fedmpi.models import TrainableLayout
+from fedmpi.peft_methods import Lora
 from fedmpi.strategies.head_pruning import num_kept
 from fedmpi.worker import UploadSizer
 
@@ -28,16 +28,15 @@ BART_BASE = dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attent
 def _adapter_split(config, rank: int) -> tuple[int, int, UploadSizer, int]:
     with torch.device("meta"):
         backbone = AutoModelForSeq2SeqLM.from_config(config)
-        model = wrap_with_lora(backbone, kind="generation", lora=LoraSettings(rank=rank), seed=0)
+        model = Lora(rank=rank).wrap(backbone, kind="generation", task_head=None, seed=0)
     layout = TrainableLayout.from_model(model)
-    head_map = build_head_map(model, layout)
-    index = head_map.head_index
+    groups = Lora(rank=rank).head_groups(model, layout)
+    index = groups.group_index
     task = layout.element_task_head_mask()
     adapter_dense = int(((index < 0) & ~task).sum())
     head_elements = int((index >= 0).sum())
-    families = tuple(GroupFamily(m.name, m.kind, m.num_heads, m.head_dim) for m in head_map.modules)
-    sizer = UploadSizer(GroupMap(families, index), task)
-    return adapter_dense, head_elements, sizer, head_map.num_heads_total
+    sizer = UploadSizer(groups, task)
+    return adapter_dense, head_elements, sizer, groups.num_groups
 
 
 @pytest.mark.parametrize(
@@ -58,6 +57,7 @@ def test_paper_communication_figures(config, rank, dense_mib, sparse_mib):
     assert lora_upload_bytes_paper(adapter_dense, head_elements, 0.9) / MIB == pytest.approx(sparse_mib, rel=1e-12)
     # What a client really reports: the same count, with whole heads kept (e.g. 14 of 144 on T5-small).
     assert sizer(None) / MIB == dense_mib
+    assert sizer.download / MIB == dense_mib  # a client downloads every adapter element (no task head here)
     mask = np.zeros(num_heads, dtype=bool)
     mask[: num_kept(num_heads, 0.9)] = True
     expected = 4 * (adapter_dense + head_elements * mask.sum() / num_heads)

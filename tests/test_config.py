@@ -7,11 +7,11 @@ from fedmpi.config import ConfigError, load_config
 
 def test_defaults_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("server:\n  num_rounds: 7\nlora:\n  rank: 8\n")
-    cfg = load_config(path, ["server.num_rounds=9", "strategy.name=head_pruning", "lora.target_modules=[query, value]"])
-    assert cfg.server.num_rounds == 9 and cfg.lora.rank == 8
+    path.write_text("server:\n  num_rounds: 7\npeft:\n  lora:\n    rank: 8\n")
+    cfg = load_config(path, ["server.num_rounds=9", "strategy.name=head_pruning", "peft.lora.target_modules=[query, value]"])
+    assert cfg.server.num_rounds == 9 and cfg.peft.lora.rank == 8
     assert cfg.strategy.name == "head_pruning"
-    assert cfg.lora.target_modules == ("query", "value")
+    assert cfg.peft.lora.target_modules == ("query", "value")
     assert "num_rounds: 9" in cfg.to_yaml()
 
 
@@ -29,7 +29,7 @@ def test_defaults_and_overrides(tmp_path):
         ("server.num_rounds=many", "server.num_rounds"),
         ("data.partition=skewed", "data.partition"),
         ("server.selection=greedy", "server.selection"),
-        ("lora.rank=0", "lora.rank"),
+        ("peft.lora.rank=0", "peft.lora.rank"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -51,3 +51,23 @@ def test_file_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(None, ["server.num_rounds"])
+
+
+def test_data_source_choices_are_the_registered_sources():
+    import typing
+
+    from fedmpi.config import DataConfig
+    from fedmpi.data import SOURCES
+
+    assert set(typing.get_args(DataConfig.model_fields["source"].annotation)) == set(SOURCES)
+
+
+def test_output_name_must_be_a_plain_file_name_and_clients_need_examples():
+    from fedmpi.config import ConfigError, load_config
+
+    for name in ("../x", "a/b", ".hidden", ".."):
+        with pytest.raises(ConfigError, match="must be a plain file name"):
+            load_config(None, [f"output.name={name}"])
+    with pytest.raises(ConfigError, match=r"data.num_clients \(300\) exceeds the embedded task's training examples \(200\)"):
+        load_config(None, ["data.num_clients=300", "data.max_train_samples=200"])
+    assert load_config(None, ["data.num_clients=200", "data.max_train_samples=200"]).data.num_clients == 200

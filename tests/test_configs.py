@@ -56,7 +56,7 @@ def test_paper_configs_have_the_papers_settings(name):
     assert (cfg.data.num_clients, cfg.server.num_clients_per_round, cfg.server.num_rounds) == (100, 2, 100)
     assert (cfg.client.batch_size, cfg.client.lr, cfg.client.num_epochs) == (80, 5e-4, 1)
     assert cfg.data.max_length == 512
-    assert cfg.lora.rank == 16 and cfg.lora.target_modules == ("q", "k", "v")
+    assert cfg.peft.lora.rank == 16 and cfg.peft.lora.target_modules == ("q", "k", "v")
     assert cfg.server.eval_every == 1
     assert cfg.strategy.name == "fedavg" or cfg.strategy.sparsity == 0.9
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -18,10 +19,10 @@ import os
 if os.environ.get("PMI_RANK") == "1":
     import fedmpi.worker as w
     original = w.Worker.train_group
-    def failing(self, clients, params, round_, message=None):
+    def failing(self, clients, params, on_device, round_, message=None):
         if round_ == 2:
             raise RuntimeError("injected failure on purpose")
-        return original(self, clients, params, round_, message)
+        return original(self, clients, params, on_device, round_, message)
     w.Worker.train_group = failing
 """
 
@@ -64,3 +65,40 @@ def test_existing_result_file_is_not_overwritten(tmp_path):
     assert (tmp_path / "taken.h5").read_bytes() == b"precious"
 
 
+
+# Rank 1 stops itself (SIGSTOP, as a stalled file system or device would) while training round 2.
+STALL = """
+import os, signal
+if os.environ.get("PMI_RANK") == "1":
+    import fedmpi.worker as w
+    original = w.Worker.train_group
+    def stalling(self, clients, params, on_device, round_, message=None):
+        if round_ == 2:
+            with open(os.environ["STALLED_PID_FILE"], "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return original(self, clients, params, on_device, round_, message)
+    w.Worker.train_group = stalling
+"""
+
+
+def test_a_stalled_rank_ends_the_job_within_the_deadline(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text(STALL)
+    pid_file = tmp_path / "stalled.pid"
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("STALLED_PID_FILE", str(pid_file))
+    args = [*TINY_RUN, "server.num_rounds=3", "runtime.phase_timeout=8", f"output.dir={tmp_path}", "output.name=stall"]
+    try:
+        proc = run_launch(args, ranks=2, timeout=240)
+        stopped_at = pid_file.stat().st_mtime
+        assert proc.returncode != 0
+        assert proc.stderr.count("training: rank 1 did not reach the phase's agreement within 8 s") == 1, proc.stderr
+        assert time.time() - stopped_at < 8 + 30  # the deadline, plus the abort and process start-up slack
+        run = load_run(tmp_path / "stall.h5")
+        assert run.attrs["status"] == "failed" and list(run.rounds["round"]) == [0, 1]
+    finally:
+        if pid_file.exists():  # never leave a stopped process behind
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -8,14 +8,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSeq2SeqLM, T5Config
 
-from fedmpi.models import LoraSettings, TrainableLayout, build_head_map, build_model, wrap_with_lora
+from fedmpi.models import TrainableLayout, build_model, head_map_from_groups
+from fedmpi.peft_methods import Lora
+from fedmpi.peft_methods.lora import lora_head_groups
 
 RANK = 4
 
 
 def build(name: str, targets: tuple[str, ...] | None = None):
-    lora = LoraSettings(rank=RANK, target_modules=targets)
-    return build_model(name, kind="classification", num_labels=2, lora=lora, seed=0)
+    return build_model(name, kind="classification", num_labels=2, method=Lora(rank=RANK, target_modules=targets), seed=0)
 
 
 def rows_of(layout: TrainableLayout, head_index: np.ndarray, name: str) -> np.ndarray:
@@ -87,9 +88,9 @@ def test_t5_small_sized_has_18_modules_of_three_kinds() -> None:
     config = T5Config(vocab_size=64, d_model=512, d_kv=64, d_ff=64, num_layers=6, num_decoder_layers=6, num_heads=8)
     torch.manual_seed(0)
     backbone = AutoModelForSeq2SeqLM.from_config(config)
-    model = wrap_with_lora(backbone, kind="generation", lora=LoraSettings(rank=16), seed=0)
+    model = Lora(rank=16).wrap(backbone, kind="generation", task_head=None, seed=0)
     layout = TrainableLayout.from_model(model)
-    hm = build_head_map(model, layout)
+    hm = head_map_from_groups(lora_head_groups(model, layout))
     kinds = [m.kind for m in hm.modules]
     assert len(kinds) == 18
     assert kinds.count("encoder_self") == kinds.count("decoder_self") == kinds.count("cross") == 6
@@ -137,4 +138,4 @@ def test_unknown_attention_module_is_an_error() -> None:
 
     model = get_peft_model(torch.nn.Sequential(Attention()), LoraConfig(r=2, target_modules=["query"]))
     with pytest.raises(ValueError, match="Attention exposes no head count"):
-        build_head_map(model, TrainableLayout.from_model(model))
+        lora_head_groups(model, TrainableLayout.from_model(model))

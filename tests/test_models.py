@@ -9,16 +9,17 @@ import pytest
 import torch
 from huggingface_hub import constants as hub_constants
 
-from fedmpi.models import LoraSettings, TINY_NAMES, build_model
+from fedmpi.models import TINY_NAMES, build_model
+from fedmpi.peft_methods import Lora
 from fedmpi.models.params import TrainableLayout, is_lora_param
 
-LORA = LoraSettings(rank=4)
-CASES = [(name, "classification") for name in TINY_NAMES] + [("tiny-t5", "generation"), ("tiny-bart", "generation")]
+LORA = Lora(rank=4)
+CASES = [(name, "classification") for name in TINY_NAMES] + [(f"tiny-{a}", "generation") for a in ("t5", "bart", "gpt2")]
 TEXTS = ["the cat sat on the mat", "hello world", "federated learning of attention heads"]
 
 
 def build(name: str, kind: str = "classification", seed: int = 0, **kw):
-    return build_model(name, kind=kind, num_labels=3 if kind == "classification" else None, lora=LORA, seed=seed, **kw)
+    return build_model(name, kind=kind, num_labels=3 if kind == "classification" else None, method=LORA, seed=seed, **kw)
 
 
 def make_batch(bundle) -> dict[str, torch.Tensor]:
@@ -26,6 +27,8 @@ def make_batch(bundle) -> dict[str, torch.Tensor]:
     batch = dict(tok(TEXTS, padding=True, return_tensors="pt"))
     if bundle.kind == "classification":
         batch["labels"] = torch.tensor([0, 1, 2])
+    elif bundle.causal_lm:  # the labels are the input itself (the model shifts them)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     else:
         target = tok(["a cat", "hi there world", "heads"], padding=True, return_tensors="pt")
         batch["labels"] = target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)
@@ -125,8 +128,8 @@ def test_layout_offsets() -> None:
 
 
 def test_lora_alpha_defaults_to_twice_rank() -> None:
-    assert LoraSettings(rank=8).resolved_alpha == 16.0
-    assert LoraSettings(rank=8, alpha=4).resolved_alpha == 4.0
+    assert Lora(rank=8).resolved_alpha == 16.0
+    assert Lora(rank=8, alpha=4).resolved_alpha == 4.0
     bundle = build("tiny-bert")
     layer = bundle.model.get_base_model().bert.encoder.layer[0].attention.self.query
     assert layer.scaling["default"] == pytest.approx(2.0)
@@ -139,9 +142,13 @@ def test_unknown_model_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
         build("no-such-org/no-such-model-for-fedmpi")
 
 
-def test_generation_needs_encoder_decoder() -> None:
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        build("tiny-gpt2", "generation")
+def test_generation_picks_seq2seq_or_causal_lm_and_refuses_encoder_only() -> None:
+    assert build("tiny-t5", "generation").model_kind == "seq2seq"
+    causal = build("tiny-gpt2", "generation")
+    assert causal.model_kind == "causal_lm" and causal.causal_lm
+    assert type(causal.model.get_base_model()).__name__ == "GPT2LMHeadModel"
+    with pytest.raises(ValueError, match="encoder-only 'bert'"):
+        build("tiny-bert", "generation")
     with pytest.raises(ValueError, match="kind"):
         build("tiny-bert", "regression")
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY_RUN, run_launch
+from conftest import REPO, TINY_RUN, run_launch
 from test_end_to_end import _same
 from test_failures import FAULT
 
-from fedmpi.analyze import load_run
+from fedmpi.analyze import ResultFileError, load_run
 
 SETTINGS = [*TINY_RUN, "strategy.name=head_pruning", "strategy.sparsity=0.5", "server.selection=loss"]
 
@@ -29,7 +33,10 @@ def test_extending_a_finished_run_equals_running_longer(tmp_path):
     assert "resuming" in proc.stdout
     _same(tmp_path / "whole.h5", tmp_path / "parts.h5")
     with h5py.File(tmp_path / "parts.h5") as f:
-        assert f.attrs["status"] == "complete" and f["checkpoint"].attrs["round"] == 3
+        assert f.attrs["status"] == "complete" and f.attrs["num_ranks"] == 1
+        assert list(f.attrs["resumed_num_ranks"]) == [1] and len(f.attrs["resumed_at"]) == 1
+    with h5py.File(tmp_path / "parts.ckpt.h5") as f:
+        assert f.attrs["round"] == 3
 
 
 @pytest.mark.mpi
@@ -44,6 +51,8 @@ def test_resume_after_a_failure_on_another_rank_count(tmp_path, monkeypatch):
     proc = _launch(tmp_path, "broken", "server.num_rounds=3", "output.resume=true")  # one process now
     assert proc.returncode == 0, proc.stderr
     _same(tmp_path / "whole.h5", tmp_path / "broken.h5")
+    broken = load_run(tmp_path / "broken.h5")
+    assert broken.attrs["num_ranks"] == 2 and list(broken.attrs["resumed_num_ranks"]) == [1]  # the first run's ranks kept
     assert np.array_equal(load_run(tmp_path / "broken.h5").rounds["round"], [0, 1, 2, 3])
 
 
@@ -58,3 +67,63 @@ def test_resume_without_a_checkpoint_starts_the_run(tmp_path):
     proc = _launch(tmp_path, "fresh", "server.num_rounds=1", "output.resume=true")
     assert proc.returncode == 0 and "nothing to resume" in proc.stdout
     assert load_run(tmp_path / "fresh.h5").complete
+
+
+# Kills the process (kill -9) half-way through writing the checkpoint after round 2.
+KILL_IN_CHECKPOINT = """
+import os, signal
+import fedmpi.results as r
+original = r.write_checkpoint
+def dying(path, state):
+    if state.round == 2:
+        with open(path, "wb") as f:
+            f.write(b"\\x89HDF half a checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(path, state)
+r.write_checkpoint = dying
+"""
+
+
+def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monkeypatch):
+    assert _launch(tmp_path, "whole", "server.num_rounds=3").returncode == 0
+    (tmp_path / "sitecustomize.py").write_text(KILL_IN_CHECKPOINT)
+    with monkeypatch.context() as m:
+        m.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        killed = _launch(tmp_path, "killed", "server.num_rounds=3")
+    assert killed.returncode == -9
+    with h5py.File(tmp_path / "killed.ckpt.h5") as f:  # the previous checkpoint, intact
+        assert f.attrs["round"] == 1
+    assert list(load_run(tmp_path / "killed.h5").rounds["round"]) == [0, 1, 2]  # round 2's rows were written
+    proc = _launch(tmp_path, "killed", "server.num_rounds=3", "output.resume=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming" in proc.stdout and "after round 1" in proc.stdout
+    _same(tmp_path / "whole.h5", tmp_path / "killed.h5")
+
+
+def test_sigterm_marks_the_file_failed_and_a_reader_can_follow_the_run(tmp_path):
+    cmd = [sys.executable, "-m", "fedmpi.launch", *SETTINGS, "server.num_rounds=50", f"output.dir={tmp_path}",
+           "output.name=followed"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        seen = []
+        deadline = time.monotonic() + 240
+        while len(seen) < 2 and time.monotonic() < deadline:  # another process reads the running job's file
+            time.sleep(0.2)
+            try:
+                rounds = list(load_run(tmp_path / "followed.h5").rounds["round"])
+            except ResultFileError:  # not created yet, or caught mid-write
+                continue
+            if rounds and (not seen or rounds[-1] != seen[-1]):
+                seen.append(rounds[-1])
+        assert len(seen) == 2 and seen[1] > seen[0], seen
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert err.strip().splitlines() == [
+        "fedmpi: stopped by SIGTERM; the result file says failed and can be resumed (output.resume=true)"], err
+    run = load_run(tmp_path / "followed.h5")
+    assert run.attrs["status"] == "failed" and "SIGTERM" in run.attrs["error"]
+    assert not (tmp_path / "followed.h5.lock").exists()

@@ -19,11 +19,12 @@ def test_evaluation_batches_reassemble_in_order_whatever_the_rank_count():
     correct = (np.arange(10) % 2).astype(np.float64)
 
     def per_rank(size):
-        return [[(losses[a:b], correct[a:b]) for a, b in bounds[r::size]] for r in range(size)]
+        return [[(losses[a:b], {"accuracy": correct[a:b]}) for a, b in bounds[r::size]] for r in range(size)]
 
     results = {size: combine(per_rank(size), len(bounds)) for size in (1, 2, 3, 4)}
     assert {r.loss for r in results.values()} == {4.5}
     assert {r.metric for r in results.values()} == {0.5}
+    assert all(r.metrics == {"accuracy": 0.5} for r in results.values())
 
 
 def test_upload_sizer_counts_adapter_bytes_without_task_head():

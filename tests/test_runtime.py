@@ -1,4 +1,4 @@
-"""Where a rank computes: device choice by hand, bf16 autocast on the CPU, the device meter."""
+"""Where a rank computes: device choice by hand, bf16 autocast on the CPU, device seconds on the CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from fedmpi.client import LocalTrainer
 from fedmpi.config import ClientConfig, RuntimeConfig
 from fedmpi.data import TextSplit, tokenize_split
 from fedmpi.evaluation import eval_examples
-from fedmpi.models import LoraSettings, build_model
+from fedmpi.measure import ClientRoundMeter
+from fedmpi.models import build_model
+from fedmpi.peft_methods import Lora
 
 
 @pytest.mark.parametrize(
@@ -41,16 +43,15 @@ def test_device_index_rejects_impossible_placements():
         runtime.device_index(2, 2, 1)
 
 
-def test_cpu_device_and_meter():
+def test_cpu_device_and_no_device_seconds():
     assert runtime.select_device(RuntimeConfig(device="cpu"), 3, 4) == torch.device("cpu")
-    meter = runtime.DeviceMeter(torch.device("cpu"))
-    meter.start()
-    seconds, peak = meter.stop()
-    assert seconds >= 0 and math.isnan(peak)
+    with ClientRoundMeter(torch.nn.Linear(2, 2), torch.device("cpu")) as meter:
+        pass
+    assert meter.usage.seconds >= 0 and math.isnan(meter.usage.device_seconds)  # CUDA events only
 
 
 def test_bf16_training_on_cpu_stays_finite_and_keeps_float32_state():
-    bundle = build_model("tiny-bert", kind="classification", num_labels=2, lora=LoraSettings(rank=4), seed=0)
+    bundle = build_model("tiny-bert", kind="classification", num_labels=2, method=Lora(rank=4), seed=0)
     rng = np.random.default_rng(0)
     split = TextSplit(inputs=[f"word {i} " * int(rng.integers(1, 6)) for i in range(12)],
                       labels=rng.integers(0, 2, 12).astype(np.int64), targets=None)  # fmt: skip

@@ -13,7 +13,8 @@ from fedmpi.client import LocalTrainer
 from fedmpi.config import ClientConfig, ConfigError, HeadPruningConfig, load_config, strategy_names
 from fedmpi.data import partition_iid, tokenize_split
 from fedmpi.data.embedded import make_embedded_task
-from fedmpi.models import LoraSettings, build_model
+from fedmpi.models import build_model
+from fedmpi.peft_methods import Lora
 from fedmpi.models.groups import GroupFamily, GroupMap
 from fedmpi.results import ResultWriter, ServerState
 from fedmpi.strategies import STRATEGIES, ClientContext, build_strategy
@@ -73,7 +74,7 @@ def test_strategy_state_round_trips_through_the_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_trainer():
     task = make_embedded_task(seed=0, num_train=24, num_eval=8)
-    bundle = build_model("tiny-bert", kind="classification", num_labels=task.num_labels, lora=LoraSettings(rank=4), seed=0)
+    bundle = build_model("tiny-bert", kind="classification", num_labels=task.num_labels, method=Lora(rank=4), seed=0)
     train = tokenize_split(task.train, bundle.tokenizer, kind="classification", max_length=16, max_target_length=8)
     cfg = ClientConfig(batch_size=8, lr=1e-2, weight_decay=0.1)
     trainer = LocalTrainer(bundle, train, cfg, device=torch.device("cpu"), seed=0, confidence=None, groups=bundle.groups)

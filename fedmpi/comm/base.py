@@ -21,6 +21,7 @@ class Communicator(Protocol):
     local_rank: int  # rank among the processes of this node (picks the GPU)
     local_size: int  # processes on this node (divides the cores)
     bytes_moved: int
+    phase_timeout: float | None  # seconds a rank waits at a phase's agreement (None: forever)
 
     def bcast(self, obj: Any, root: int = 0) -> Any: ...
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None: ...
@@ -30,6 +31,13 @@ class Communicator(Protocol):
 
     def gather_arrays(self, array: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
         """Gather one 1-D array per rank (lengths may differ); root gets them in rank order."""
+
+    def missing_after(self, timeout: float) -> list[int]:
+        """Wait until every rank has called this, at most ``timeout`` seconds; the ranks that did not.
+
+        Rank 0 names every rank it did not hear from; another rank names rank 0 when rank 0
+        did not confirm in time. An empty list: all ranks are here.
+        """
 
     def abort(self, code: int = 1) -> None: ...
 
@@ -44,6 +52,7 @@ class LocalComm:
 
     def __init__(self) -> None:
         self.bytes_moved = 0
+        self.phase_timeout: float | None = None
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return obj
@@ -59,6 +68,9 @@ class LocalComm:
 
     def gather_arrays(self, array: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
         return [np.ascontiguousarray(array)]
+
+    def missing_after(self, timeout: float) -> list[int]:
+        return []
 
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)

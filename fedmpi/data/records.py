@@ -1,6 +1,6 @@
 """Reading JSON Lines files and turning rows (dicts) into text columns and label ids.
 
-Shared by every source that reads local files (``jsonl``, ``20newsgroups``, ``e2e_nlg``)
+Shared by every source that reads local files (``jsonl``, ``20newsgroups``, ``e2e_nlg``, ...)
 and by the Hugging Face sources once their rows are in hand; no source-specific logic.
 """
 
@@ -55,7 +55,11 @@ def column(rows: Sequence[dict[str, Any]], field: str, where: str) -> list[Any]:
 
 def text_column(rows: Sequence[dict[str, Any]], field: str, where: str) -> list[str]:
     """Like ``column`` but every value must be a string (None counts as empty text)."""
-    values = column(rows, field, where)
+    return as_texts(column(rows, field, where), field, where)
+
+
+def as_texts(values: Sequence[Any], field: str, where: str) -> list[str]:
+    """``values`` of ``field`` as strings (None counts as empty text); anything else is an error."""
     for i, v in enumerate(values):
         if v is not None and not isinstance(v, str):
             raise ValueError(f"{where}: field {field!r} of row {i} is {type(v).__name__}, expected text")

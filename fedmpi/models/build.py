@@ -1,25 +1,27 @@
-"""Building a backbone and wrapping it with LoRA: name in, ready-to-train bundle out.
+"""Building a backbone and wrapping it with a PEFT method: name in, ready-to-train bundle out.
 
 ``build_model`` resolves a model name (the packaged ``minilm``, a ``tiny-*`` architecture,
-or a Hugging Face name / local path), wraps it with peft LoRA on the q, k, v projections
-(method-spec "LoRA placement"), checks that exactly LoRA A/B and the task head train, and
-returns the model with its flat-vector layout and head map. Every random initialisation
-(tiny backbone, task head, LoRA A) happens after ``torch.manual_seed(seed)``, so equal
-seeds give bit-identical models on every rank.
+or a Hugging Face name / local path), has the PEFT method (``fedmpi/peft_methods/``, the
+config's ``peft`` section) wrap it, and returns the model with its flat-vector layout and
+its parameter groups (which elements each attention head owns). Generation loads a seq2seq
+model for an encoder-decoder config (T5, BART) and a causal LM for a decoder-only one
+(GPT-2); ``MODEL_KINDS`` lists the three kinds. Every random initialisation (tiny
+backbone, task head, adapters) happens after ``torch.manual_seed(seed)``, so equal seeds
+give bit-identical models on every rank.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from huggingface_hub import constants as hub_constants
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import PeftModel, TaskType
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -28,35 +30,27 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.pytorch_utils import Conv1D
 
 from fedmpi.models import importance  # noqa: F401  (registers the confidence attention)
 from fedmpi.models.arch import arch_spec
-from fedmpi.models.groups import GroupFamily, GroupMap
-from fedmpi.models.heads import HeadMap, build_head_map
-from fedmpi.models.params import TrainableLayout, is_lora_param
+from fedmpi.models.groups import GroupMap
+from fedmpi.models.heads import HeadMap, head_map_from_groups
+from fedmpi.models.params import TrainableLayout
 from fedmpi.models.tiny import MINILM_NAME, TINY_NAMES, minilm_dir, packaged_tokenizer, tiny_config
+
+if TYPE_CHECKING:
+    from fedmpi.peft_methods.base import PeftMethod
 
 KINDS = ("classification", "generation")
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 16
-    alpha: float | None = None  # None -> 2 * rank (method-spec defaults)
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None  # None -> the architecture's q, k, v projections
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def resolved_alpha(self) -> float:
-        return float(2 * self.rank if self.alpha is None else self.alpha)
+# What the backbone is, given the task: the Auto class that loads it and peft's task type.
+# Generation picks seq2seq for encoder-decoder configs and causal_lm for decoder-only ones.
+MODEL_KINDS: dict[str, tuple[type, TaskType]] = {
+    "classification": (AutoModelForSequenceClassification, TaskType.SEQ_CLS),
+    "seq2seq": (AutoModelForSeq2SeqLM, TaskType.SEQ_2_SEQ_LM),
+    "causal_lm": (AutoModelForCausalLM, TaskType.CAUSAL_LM),
+}
 
 
 @dataclass
@@ -65,15 +59,21 @@ class ModelBundle:
     tokenizer: PreTrainedTokenizerBase
     kind: str  # "classification" | "generation"
     layout: TrainableLayout
-    head_map: HeadMap
+    groups: GroupMap  # which elements each attention head owns (the method's map)
     pad_token_id: int
     eos_token_id: int | None  # EOS, or [SEP] for BERT-style tokenizers without one
+    model_kind: str = "classification"  # a key of MODEL_KINDS
+    peft_method: str = "lora"  # the config's peft.method
 
     @property
-    def groups(self) -> GroupMap:
-        """The attention heads as parameter groups: one family per attention module."""
-        families = tuple(GroupFamily(m.name, m.kind, m.num_heads, m.head_dim) for m in self.head_map.modules)
-        return GroupMap(families=families, group_index=self.head_map.head_index)
+    def causal_lm(self) -> bool:
+        """Generation with a decoder-only model: prompt and target are one sequence."""
+        return self.model_kind == "causal_lm"
+
+    @property
+    def head_map(self) -> HeadMap:
+        """The same ids as ``groups`` in the old HeadMap form, for callers not yet on groups."""
+        return head_map_from_groups(self.groups)
 
 
 def build_model(
@@ -81,16 +81,16 @@ def build_model(
     *,
     kind: str,
     num_labels: int | None,
-    lora: LoraSettings,
+    method: PeftMethod,
     seed: int,
     attn_implementation: str = "sdpa",
 ) -> ModelBundle:
-    """Build backbone ``name`` for ``kind``, wrap it with LoRA and describe its trainable vector."""
+    """Build backbone ``name`` for ``kind``, wrap it with ``method`` and describe its trainable vector."""
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
     if kind == "classification" and (num_labels is None or num_labels < 1):
         raise ValueError(f"a classification model needs num_labels >= 1, got {num_labels}")
-    tokenizer, backbone = _load_backbone(name, kind=kind, num_labels=num_labels, seed=seed)
+    tokenizer, backbone, model_kind = _load_backbone(name, kind=kind, num_labels=num_labels, seed=seed)
     if tokenizer.pad_token is None:
         # GPT-2 and friends have no pad token: pad with EOS, so batches and the classifier's
         # "last non-pad token" lookup work.
@@ -100,18 +100,22 @@ def build_model(
     if backbone.config.pad_token_id is None:
         backbone.config.pad_token_id = tokenizer.pad_token_id
     set_attention(backbone, attn_implementation)
-    model = wrap_with_lora(backbone, kind=kind, lora=lora, seed=seed)
+    spec = arch_spec(backbone.config.model_type)
+    task_head = list(spec.task_head) if (spec and kind == "classification") else None
+    model = method.wrap(backbone, kind=kind, task_head=task_head, seed=seed)
     model.float().train()
-    layout = TrainableLayout.from_model(model)
+    layout = TrainableLayout.from_model(model, task_head=task_head or ())
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     return ModelBundle(
         model=model,
         tokenizer=tokenizer,
         kind=kind,
         layout=layout,
-        head_map=build_head_map(model, layout),
+        groups=method.head_groups(model, layout),
         pad_token_id=int(tokenizer.pad_token_id),
         eos_token_id=None if eos is None else int(eos),
+        model_kind=model_kind,
+        peft_method=method.name,
     )
 
 
@@ -120,84 +124,38 @@ def set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
     if attn_implementation != "eager" and attn_implementation not in ALL_ATTENTION_FUNCTIONS:
         known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
         raise ValueError(f"unknown attn_implementation {attn_implementation!r}; known: {known}")
-    hf_model = model.get_base_model() if isinstance(model, PeftModel) else model
-    hf_model.set_attn_implementation(attn_implementation)
+    hf_model(model).set_attn_implementation(attn_implementation)
 
 
-def wrap_with_lora(backbone: PreTrainedModel, *, kind: str, lora: LoraSettings, seed: int) -> PeftModel:
-    """Wrap ``backbone`` with LoRA; the classification head (if any) trains in full."""
-    model_type = backbone.config.model_type
-    spec = arch_spec(model_type)
-    targets = lora.target_modules or (spec.qkv_targets if spec else None)
-    if not targets:
-        raise ValueError(
-            f"no default LoRA targets for model type {model_type!r}; set lora.target_modules to its q, k, v projections"
-        )
-    leaf_types = {n.rpartition(".")[2]: type(m) for n, m in backbone.named_modules()}
-    # peft needs fan_in_fan_out for Conv1D (GPT-2 stores weights as (in, out)).
-    fan_in_fan_out = any(leaf_types.get(t) is Conv1D for t in targets)
-    task_head = list(spec.task_head) if (spec and kind == "classification") else None
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if kind == "classification" else TaskType.SEQ_2_SEQ_LM,
-        r=lora.rank,
-        lora_alpha=lora.resolved_alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(targets),
-        fan_in_fan_out=fan_in_fan_out,
-        modules_to_save=None if task_head is None else list(task_head),  # peft extends the list it gets
-    )
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        # peft reads a property transformers 5 deprecates; the warning is not actionable here.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(backbone, config)
-    _check_trainable(model, kind=kind, task_head=task_head)
-    return model
-
-
-def _check_trainable(model: PeftModel, *, kind: str, task_head: list[str] | None) -> None:
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    others = [n for n in trainable if not is_lora_param(n)]
-    if not any(is_lora_param(n) for n in trainable):
-        raise ValueError("LoRA matched no module: check lora.target_modules")
-    if kind == "generation" and others:
-        raise ValueError(f"a generation model should train only LoRA, but {others[0]!r} is trainable")
-    if kind == "classification":
-        if not others:
-            raise ValueError("the classification head is not trainable; add it to the architecture table in arch.py")
-        if task_head:
-            stray = [n for n in others if not any(f".{h}." in f".{n}" for h in task_head)]
-            if stray:
-                raise ValueError(f"{stray[0]!r} is trainable but is neither LoRA nor the task head {task_head}")
-            for head in task_head:
-                if not any(f".{head}.modules_to_save." in n for n in others):
-                    raise ValueError(f"task head module {head!r} was not made trainable by peft")
+def hf_model(model: torch.nn.Module) -> PreTrainedModel:
+    """The Hugging Face model inside ``model`` (peft-wrapped or, for full fine-tuning, itself)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def _load_backbone(
     name: str, *, kind: str, num_labels: int | None, seed: int
-) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel, str]:
+    """Tokenizer, backbone and its model kind (a key of MODEL_KINDS)."""
     if name in TINY_NAMES:
         tokenizer = packaged_tokenizer()
         config = tiny_config(name.removeprefix("tiny-"), tokenizer)
         if name != "tiny-bert":
             # Only BERT has token types; the others' forward() rejects or misuses token_type_ids.
             tokenizer.model_input_names = ["input_ids", "attention_mask"]
-        _check_kind(name, config, kind)
-        auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForSeq2SeqLM
+        model_kind = _model_kind(name, config, kind)
         if kind == "classification":
             config.num_labels = num_labels
         torch.manual_seed(seed)
-        return tokenizer, auto.from_config(config)
+        return tokenizer, MODEL_KINDS[model_kind][0].from_config(config), model_kind
     path = str(minilm_dir()) if name == MINILM_NAME else name
     tokenizer = _load_pretrained(path, lambda p, **kw: AutoTokenizer.from_pretrained(p, **kw))
     config = _load_pretrained(path, lambda p, **kw: AutoConfig.from_pretrained(p, **kw))
-    _check_kind(name, config, kind)
+    model_kind = _model_kind(name, config, kind)
     extra = {"num_labels": num_labels} if kind == "classification" else {}
-    auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForSeq2SeqLM
+    auto = MODEL_KINDS[model_kind][0]
     torch.manual_seed(seed)  # the task head is freshly initialised
     model = _load_pretrained(path, lambda p, **kw: auto.from_pretrained(p, dtype=torch.float32, **extra, **kw))
-    return tokenizer, model
+    return tokenizer, model, model_kind
 
 
 def _load_pretrained(name: str, load: Callable[..., T]) -> T:
@@ -220,8 +178,16 @@ def _load_pretrained(name: str, load: Callable[..., T]) -> T:
     ) from error
 
 
-def _check_kind(name: str, config: PretrainedConfig, kind: str) -> None:
-    if kind == "generation" and not getattr(config, "is_encoder_decoder", False):
+def _model_kind(name: str, config: PretrainedConfig, kind: str) -> str:
+    """classification stays classification; generation is seq2seq or causal_lm by the config."""
+    if kind == "classification":
+        return "classification"
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    spec = arch_spec(config.model_type)
+    if spec is not None and not spec.decoder_only:
         raise ValueError(
-            f"kind 'generation' needs an encoder-decoder model (T5, BART); {name!r} is {config.model_type!r}"
+            f"kind 'generation' needs an encoder-decoder (T5, BART) or a decoder-only (GPT-2) model; "
+            f"{name!r} is the encoder-only {config.model_type!r}"
         )
+    return "causal_lm"  # any other Hugging Face architecture: loaded as a causal LM

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ATTENTION_KINDS = ("self", "encoder_self", "decoder_self", "cross")  # a head of such a module
-GROUP_KINDS = (*ATTENTION_KINDS, "block", "triplet")
+GROUP_KINDS = (*ATTENTION_KINDS, "block", "triplet", "factor")  # factor: a LoRA module's A or B
 
 
 @dataclass(frozen=True)

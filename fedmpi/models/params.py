@@ -10,17 +10,24 @@ contiguous run of the vector (see ``heads.py``).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-_LORA_MARKERS = ("lora_A", "lora_B")
+_LORA_MARKERS = ("lora_A", "lora_B", "lora_E")  # lora_E: AdaLoRA's singular values
+_TASK_HEAD_MARKER = ".modules_to_save."
 
 
 def is_lora_param(name: str) -> bool:
-    """True for a LoRA A or B weight (or bias) under peft's naming."""
+    """True for a LoRA A or B weight (or bias), or an AdaLoRA E, under peft's naming."""
     return any(f".{marker}." in name for marker in _LORA_MARKERS)
+
+
+def is_task_head_param(name: str, task_head: Sequence[str] = ()) -> bool:
+    """True for a parameter of the task head: peft's trained copy, or under a ``task_head`` module."""
+    return _TASK_HEAD_MARKER in name or any(f".{module}." in f".{name}" for module in task_head)
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,16 +45,21 @@ class TrainableLayout:
     )
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> TrainableLayout:
-        """The layout of ``model``'s trainable parameters (anything not LoRA is a task head)."""
+    def from_model(cls, model: torch.nn.Module, task_head: Sequence[str] = ()) -> TrainableLayout:
+        """The layout of ``model``'s trainable parameters.
+
+        The task head is what peft trains in full (its ``.modules_to_save.`` copies) and,
+        for a model peft did not wrap (full fine-tuning), the parameters under a module
+        named in ``task_head``.
+        """
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError("the model has no trainable parameters; wrap it with LoRA first")
+            raise ValueError("the model has no trainable parameters; wrap it with a PEFT method first")
         names = tuple(n for n, _ in named)
         shapes = tuple(tuple(p.shape) for _, p in named)
         sizes = np.array([p.numel() for _, p in named], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        is_task_head = np.array([not is_lora_param(n) for n in names], dtype=bool)
+        is_task_head = np.array([is_task_head_param(n, task_head) for n in names], dtype=bool)
         layout = cls(names=names, shapes=shapes, offsets=offsets, is_task_head=is_task_head)
         layout._cache[model] = [p for _, p in named]
         return layout

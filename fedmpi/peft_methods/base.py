@@ -19,6 +19,8 @@ from fedmpi.models.params import TrainableLayout
 
 
 class PeftMethod(Protocol):
+    """Implemented by a frozen dataclass whose fields are the method's options (``peft.<name>``)."""
+
     name: str  # the config's peft.method
 
     def wrap(self, backbone: PreTrainedModel, *, kind: str, task_head: list[str] | None, seed: int) -> nn.Module:

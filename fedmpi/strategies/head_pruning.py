@@ -19,7 +19,7 @@ from fedmpi.aggregation import groupwise
 from fedmpi.config import HeadPruningConfig
 from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate, densify
-from fedmpi.strategies.base import ClientContext, Strategy
+from fedmpi.strategies.base import ClientContext, RunInfo, Strategy
 
 
 def num_kept(num_groups: int, sparsity: float) -> int:
@@ -39,16 +39,32 @@ class HeadPruning(Strategy):
     name = "head_pruning"
     cfg: HeadPruningConfig
 
-    def __init__(self, cfg: HeadPruningConfig, groups: GroupMap) -> None:
+    def __init__(self, cfg: HeadPruningConfig, groups: GroupMap, run: RunInfo | None = None) -> None:
         if groups.num_groups == 0:
             raise ValueError("strategy.name=head_pruning needs trainable parameters that map to attention heads")
-        super().__init__(cfg, groups)
+        super().__init__(cfg, groups, run)
         self.num_kept = num_kept(groups.num_groups, cfg.sparsity)
 
     @property
     def importance(self) -> str | None:  # type: ignore[override]
         """Confidence is recorded while training only when the mask is chosen after it."""
         return "confidence" if self.cfg.pruning == "importance" and self.cfg.mask_timing == "post_train" else None
+
+    @property
+    def importance_exclude(self) -> str:  # type: ignore[override]
+        return self.cfg.importance_exclude
+
+    @property
+    def skip_first_queries(self) -> int:  # type: ignore[override]
+        return self.cfg.skip_first_queries
+
+    @property
+    def scores_uploaded(self) -> bool:  # type: ignore[override]
+        return self.cfg.score_on == "uploaded"
+
+    @property
+    def removes_untrained(self) -> bool:  # type: ignore[override]
+        return self.cfg.pruned_heads == "removed"
 
     @property
     def needs_confidence(self) -> bool:
