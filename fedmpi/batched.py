@@ -203,7 +203,7 @@ class GroupTrainer:
         loss_sums = torch.zeros(num, dtype=torch.float64, device=device)
         seen = np.zeros(num, dtype=np.int64)
         model.eval()  # dropout off
-        with ClientRoundMeter(model, device) as meter:
+        with ClientRoundMeter(model, device, extra_parameters=tuple(stacks.params)) as meter:
             self._steps(streams, stacks, loss_sums, seen, record_importance)
         model.train()
         scores = t.confidence.row_scores() if record_importance else None

@@ -71,8 +71,11 @@ class _RssSampler(threading.Thread):
 class ClientRoundMeter:
     """``with ClientRoundMeter(model, device) as meter: train(...)``; then ``meter.usage``."""
 
-    def __init__(self, model: nn.Module, device: torch.device, interval_s: float = 0.001) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, interval_s: float = 0.001, extra_parameters: tuple = ()
+    ) -> None:
         self.model = model
+        self.extra_parameters = extra_parameters  # trained tensors outside the model (batched.py's stacks): not activations
         self.device = torch.device(device)
         self.interval_s = interval_s
         self.usage: Usage | None = None
@@ -91,7 +94,8 @@ class ClientRoundMeter:
         self._step_storages, self._step_bytes = set(), 0
 
     def __enter__(self) -> ClientRoundMeter:
-        self._param_storages = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        params = [*self.model.parameters(), *self.extra_parameters]
+        self._param_storages = {p.untyped_storage().data_ptr() for p in params}
         self._step_storages, self._step_bytes, self._max_saved = set(), 0, 0
         self._hook = self.model.register_forward_pre_hook(self._new_forward)
         self._saved = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)

@@ -87,6 +87,8 @@ def test_batched_two_epochs_and_a_group_of_one() -> None:
             np.testing.assert_allclose(bat.delta, seq.delta, atol=2e-6, rtol=1e-4)
             assert bat.train_loss == pytest.approx(seq.train_loss, rel=1e-5)
             assert bat.scores is None
+            # fedmpi.measure's figures: the shared step's, seconds split by samples; no CUDA events on the CPU.
+            assert bat.usage.saved_activation_bytes > 0 and bat.usage.seconds > 0 and np.isnan(bat.usage.device_seconds)
 
 
 def test_adamw_step_matches_torch() -> None:
