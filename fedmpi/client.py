@@ -7,7 +7,8 @@ passes (``score_on=training``), or from an eval-mode pass over the client's data
 model it uploads (``score_on=uploaded``). Untrained heads can also be removed from the
 forward and backward (``pruned_heads=removed``, ``fedmpi/models/head_subset.py``). Every
 random draw (batch order, dropout) is keyed by (seed, round, client), so a client trains
-the same way on whichever rank hosts it.
+the same way on whichever rank hosts it. The global vector arrives on the device, the loss
+is summed on the device, and the host waits once per client, for the delta.
 
 Groups the strategy does not train are not trained at all: a parameter whose elements
 all belong to such groups is frozen for the client (no gradient, no backward through it,
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedmpi import seeding
+from fedmpi import runtime, seeding
 from fedmpi.config import ClientConfig
 from fedmpi.data import TokenizedSplit, collate
 from fedmpi.models import HeadConfidence, ModelBundle
@@ -40,7 +41,7 @@ class LocalResult:
     train_loss: float  # sample-weighted mean loss of the last local epoch
     seconds: float
     scores: np.ndarray | None  # head importance (Eq. 6), when recorded
-    usage: Usage | None = None  # measured seconds, peak memory and saved activations of the training
+    usage: Usage | None = None  # measured seconds, peak memory, saved activations and device seconds of the training
 
 
 class LocalTrainer:
@@ -54,6 +55,8 @@ class LocalTrainer:
         seed: int,
         confidence: HeadConfidence | None,
         groups: GroupMap,
+        precision: str = "fp32",
+        dropout: bool = True,
     ) -> None:
         self.bundle = bundle
         self.model = bundle.model
@@ -63,6 +66,8 @@ class LocalTrainer:
         self.seed = seed
         self.confidence = confidence
         self.groups = groups
+        self.precision = precision
+        self.dropout = dropout  # False: train in eval mode, no dropout anywhere (as batched.py trains)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self._bounds = list(zip(bundle.layout.offsets[:-1].tolist(), bundle.layout.offsets[1:].tolist()))
 
@@ -92,6 +97,9 @@ class LocalTrainer:
                 partial.append((p, torch.from_numpy(mask.reshape(p.shape)).to(self.device, p.dtype)))
         return trained, frozen, partial
 
+    def autocast(self):
+        return runtime.autocast(self.device, self.precision)
+
     def score(self, indices: np.ndarray) -> np.ndarray:
         """Head confidence of the model as it is now, in eval mode, on the client's data (forward only).
 
@@ -103,7 +111,7 @@ class LocalTrainer:
         with torch.no_grad():
             for start in range(0, indices.size, self.cfg.batch_size):
                 batch = self._collate(indices[start : start + self.cfg.batch_size])
-                with self.confidence.recording(batch):
+                with self.confidence.recording(batch), self.autocast():
                     self.model(**batch)
         self.model.train()
         return self.confidence.scores()
@@ -113,15 +121,15 @@ class LocalTrainer:
         squared = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
         return 0.5 * self.cfg.prox_mu * squared
 
-    def measure_importance(self, indices: np.ndarray, global_params: np.ndarray) -> np.ndarray:
+    def measure_importance(self, indices: np.ndarray, global_params: np.ndarray | torch.Tensor) -> np.ndarray:
         """Head confidence of the received global model (masks chosen before training)."""
-        self.bundle.layout.set_flat(self.model, torch.from_numpy(global_params))
+        self.bundle.layout.set_flat(self.model, torch.as_tensor(global_params))
         return self.score(indices)
 
     def train(
         self,
         indices: np.ndarray,
-        global_params: np.ndarray,
+        global_params: np.ndarray | torch.Tensor,
         round_: int,
         client: int,
         *,
@@ -131,7 +139,8 @@ class LocalTrainer:
         score_uploaded: bool = False,
         hooks: LocalHooks | None = None,
     ) -> LocalResult:
-        """Train one client from the global vector; only ``trained_groups`` train (None: all).
+        """Train one client from the global vector (float32; a device tensor saves a copy); only
+        ``trained_groups`` train (None: all).
 
         With ``remove_untrained`` the other groups (heads) are left out of the forward and
         backward. ``record_importance`` scores heads during the last epoch; ``score_uploaded``
@@ -140,8 +149,9 @@ class LocalTrainer:
         """
         hooks = hooks or LocalHooks()
         start = time.perf_counter()
+        global_params = torch.as_tensor(global_params, device=self.device)  # a no-op for a device tensor
         layout = self.bundle.layout
-        layout.set_flat(self.model, torch.from_numpy(global_params))
+        layout.set_flat(self.model, global_params)
         torch.manual_seed(seeding.torch_seed(self.seed, seeding.DROPOUT, round_, client))
         shuffle = seeding.rng(self.seed, seeding.SHUFFLE, round_, client)
         trained, frozen, partial = self._split(trained_groups)
@@ -160,7 +170,7 @@ class LocalTrainer:
             self.confidence.reset()
         for p in frozen:
             p.requires_grad_(False)
-        self.model.train()
+        self.model.train(self.dropout)
         meter = ClientRoundMeter(self.model, self.device)
         removed = remove_untrained and trained_groups is not None
         subset = heads_removed(self.model, self.bundle.head_map, trained_groups) if removed else nullcontext()
@@ -168,12 +178,12 @@ class LocalTrainer:
             with hooks, meter, subset:
                 for epoch in range(self.cfg.num_epochs):
                     last_epoch = epoch == self.cfg.num_epochs - 1
-                    loss_sum, seen = 0.0, 0
+                    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
                     for batch in self._batches(indices, shuffle):
                         # Importance is measured in the last epoch only: Algorithm 1 scores the model the
                         # client uploads, and one epoch is the paper's setting.
                         recording = self.confidence.recording(batch) if record_importance and last_epoch else nullcontext()
-                        with recording:
+                        with recording, self.autocast():
                             loss = self.model(**batch).loss
                         objective = loss if anchors is None else loss + self._proximal_term(trained, anchors)
                         objective.backward()
@@ -186,14 +196,15 @@ class LocalTrainer:
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                         n = batch["input_ids"].shape[0]
-                        loss_sum += float(loss.detach()) * n
+                        loss_sum += loss.detach().double() * n  # no host sync per step
                         seen += n
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        delta = layout.get_flat(self.model).cpu().numpy() - global_params
+        delta = (layout.get_flat(self.model) - global_params).cpu().numpy()
         if score_uploaded:
             scores = self.score(indices)
         else:
             scores = self.confidence.scores() if record_importance else hooks.scores()
-        return LocalResult(delta, loss_sum / max(seen, 1), time.perf_counter() - start, scores, meter.usage)
+        train_loss = float(loss_sum) / max(seen, 1)
+        return LocalResult(delta, train_loss, time.perf_counter() - start, scores, meter.usage)

@@ -120,6 +120,7 @@ class ServerConfig(_Section):
     selection: str = "random"  # a name in fedmpi.selection.SELECTIONS: random | loss | cyclic
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    eval_samples: int | None = Field(None, ge=1)  # a fixed seeded subset of the eval split; None: all of it
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
     on_nonfinite: Literal["skip", "fail"] = "skip"  # a client update with NaN/inf: rejected, or ends the run
 
@@ -289,6 +290,9 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # None: the node's cores / ranks on the node
     comm: Literal["auto", "mpi", "local"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward; trainable state stays float32
+    deterministic: bool = False  # torch.use_deterministic_algorithms and a fixed cuBLAS workspace
+    clients_per_step: int = Field(1, ge=1)  # clients a rank trains together in one forward/backward
     # Seconds a rank waits at a phase's agreement for the slowest rank before the job is ended
     # (the first phases get 4x). It bounds the spread between ranks, so with
     # server.trains_clients=false it must exceed a round's training time.
@@ -325,6 +329,8 @@ class Config(_Section):
             raise ValueError("output.resume=true needs output.name: the run to continue")
         if self.output.resume and self.output.overwrite:
             raise ValueError("output.resume and output.overwrite exclude each other")
+        if self.runtime.clients_per_step > 1:
+            _check_clients_per_step(self)
         if self.data.source == "jsonl" and not (self.data.train_file and self.data.eval_file):
             raise ValueError("data.source=jsonl needs data.train_file and data.eval_file")
         d = self.data
@@ -346,6 +352,34 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# What fedmpi/batched.py's GroupTrainer honours; runtime.clients_per_step > 1 with anything else is refused.
+BATCHED_STRATEGIES = ("fedavg", "head_pruning")
+
+
+def _check_clients_per_step(cfg: Config) -> None:
+    """runtime.clients_per_step > 1 trains G clients in one forward: refuse what that cannot reproduce."""
+    g = f"runtime.clients_per_step={cfg.runtime.clients_per_step}"
+    fix = "or runtime.clients_per_step=1"
+    if cfg.strategy.name not in BATCHED_STRATEGIES:
+        raise ValueError(
+            f"{g} supports strategy.name in {', '.join(BATCHED_STRATEGIES)} only (no client hooks, starting "
+            f"points or budgets of other strategies); strategy.name is {cfg.strategy.name!r}: {fix}"
+        )
+    if cfg.peft.method != "lora":
+        raise ValueError(f"{g} stacks LoRA factors; peft.method is {cfg.peft.method!r}: set peft.method=lora {fix}")
+    if cfg.peft.lora.dropout > 0:
+        raise ValueError(
+            f"{g} trains with dropout off; set peft.lora.dropout=0 (it is {cfg.peft.lora.dropout}) {fix}"
+        )
+    if cfg.client.prox_mu > 0:
+        raise ValueError(f"{g} has no FedProx term; client.prox_mu is {cfg.client.prox_mu}: set it to 0 {fix}")
+    strategy = cfg.strategy
+    if getattr(strategy, "pruned_heads", "frozen") == "removed":
+        raise ValueError(f"{g} computes every head; strategy.pruned_heads=removed needs {fix}")
+    if getattr(strategy, "score_on", "training") == "uploaded":
+        raise ValueError(f"{g} scores heads during training only; strategy.score_on=uploaded needs {fix}")
 
 
 _STRATEGY_NAMES = frozenset(

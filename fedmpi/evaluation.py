@@ -1,8 +1,10 @@
 """Evaluation of the global model on the validation data, spread across ranks.
 
-The validation set is cut into fixed batches that are dealt round-robin to the ranks;
-each rank returns per-example results, and rank 0 reassembles them in example order.
-Batches never depend on the number of ranks, so metrics are the same bit for bit.
+The evaluated examples (all of the validation split, or a fixed seeded subset of it:
+``server.eval_samples``) are cut into fixed batches that are dealt round-robin to the
+ranks, generation included; each rank returns per-example results, and rank 0 reassembles
+them in example order. Batches never depend on the number of ranks, so metrics are the
+same bit for bit.
 
 Classification scores accuracy. Generation generates greedily (at most the split's
 ``max_target_length`` new tokens) and scores ROUGE-L, ROUGE-1 and ROUGE-2 F1 with
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from rouge_score import rouge_scorer
 
+from fedmpi import seeding
 from fedmpi.data import TokenizedSplit, collate
 from fedmpi.data.tokenize import IGNORE_INDEX, collate_prompts
 from fedmpi.results_schema import GENERATION_METRICS, METRIC_ACCURACY
@@ -33,6 +36,14 @@ class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric by name, the run's first
 
 
+def eval_examples(num_examples: int, num_samples: int | None, seed: int) -> np.ndarray:
+    """The evaluated example indices, ascending: all, or ``num_samples`` drawn once from the seed."""
+    if num_samples is None or num_samples >= num_examples:
+        return np.arange(num_examples, dtype=np.int64)
+    chosen = seeding.rng(seed, seeding.EVAL_SUBSET).choice(num_examples, size=num_samples, replace=False)
+    return np.sort(chosen).astype(np.int64)
+
+
 def batch_bounds(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
 
@@ -46,13 +57,16 @@ def evaluate_batches(
     pad_token_id: int,
     device: torch.device,
     tokenizer=None,
+    examples: np.ndarray | None = None,
 ) -> list[BatchResult]:
-    """Per batch: per-example loss, and per-example accuracy (1/0) or ROUGE F1 scores."""
+    """Per batch ``examples[start:stop]`` (default: all examples): per-example loss, and
+    per-example accuracy (1/0) or ROUGE F1 scores."""
     was_training = model.training
     model.eval()
+    examples = np.arange(len(split), dtype=np.int64) if examples is None else examples
     out = []
     for start, stop in bounds:
-        indices = np.arange(start, stop)
+        indices = examples[start:stop]
         batch = _to(collate(split, indices, pad_token_id=pad_token_id), device)
         logits = model(**batch).logits.float()
         labels = batch["labels"]
@@ -78,7 +92,10 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def _mean_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per example: mean cross-entropy over its labelled tokens."""
-    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=IGNORE_INDEX)
+    # 2-D form: the (N, C, T) one runs nll_loss2d, which has no deterministic CUDA kernel.
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
+    ).view(labels.shape)
     valid = (labels != IGNORE_INDEX).float()
     return (token_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
 

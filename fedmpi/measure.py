@@ -3,6 +3,8 @@
 Three figures, each chosen for what it can and cannot see:
 
 - **seconds**: ``time.perf_counter`` around the local training (CUDA synchronised at both ends).
+- **device seconds** (CUDA only, NaN on the CPU): CUDA events recorded on the current stream
+  at both ends, the GPU's own time for the window's work.
 - **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``
   (exact tensor bytes). CPU torch keeps no allocator statistics, and ``resource.getrusage``'s
   peak RSS only ever grows over a process, so on CPU a thread samples the process's resident
@@ -18,6 +20,7 @@ Three figures, each chosen for what it can and cannot see:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -36,6 +39,7 @@ class Usage:
     memory_source: str  # "cuda_max_allocated" | "cpu_peak_rss"
     start_memory_bytes: float  # the same figure when the window opened (CUDA: allocated; CPU: RSS)
     saved_activation_bytes: int  # largest bytes autograd kept for backward over one forward
+    device_seconds: float = math.nan  # CUDA-event seconds of the window (NaN on the CPU)
 
 
 def resident_bytes() -> int:
@@ -67,8 +71,11 @@ class _RssSampler(threading.Thread):
 class ClientRoundMeter:
     """``with ClientRoundMeter(model, device) as meter: train(...)``; then ``meter.usage``."""
 
-    def __init__(self, model: nn.Module, device: torch.device, interval_s: float = 0.001) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, interval_s: float = 0.001, extra_parameters: tuple = ()
+    ) -> None:
         self.model = model
+        self.extra_parameters = extra_parameters  # trained tensors outside the model (batched.py's stacks): not activations
         self.device = torch.device(device)
         self.interval_s = interval_s
         self.usage: Usage | None = None
@@ -87,7 +94,8 @@ class ClientRoundMeter:
         self._step_storages, self._step_bytes = set(), 0
 
     def __enter__(self) -> ClientRoundMeter:
-        self._param_storages = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        params = [*self.model.parameters(), *self.extra_parameters]
+        self._param_storages = {p.untyped_storage().data_ptr() for p in params}
         self._step_storages, self._step_bytes, self._max_saved = set(), 0, 0
         self._hook = self.model.register_forward_pre_hook(self._new_forward)
         self._saved = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -97,6 +105,8 @@ class ClientRoundMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._sampler = None
             self._start_memory = float(torch.cuda.memory_allocated(self.device))
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
         else:
             self._sampler = _RssSampler(self.interval_s)
             self._start_memory = float(self._sampler.peak)
@@ -105,8 +115,11 @@ class ClientRoundMeter:
         return self
 
     def __exit__(self, *exc) -> None:
+        device_seconds = math.nan
         if self.device.type == "cuda":
+            self._events[1].record()
             torch.cuda.synchronize(self.device)
+            device_seconds = self._events[0].elapsed_time(self._events[1]) / 1000.0
         seconds = time.perf_counter() - self._start
         self._saved.__exit__(*exc)
         self._hook.remove()
@@ -115,4 +128,4 @@ class ClientRoundMeter:
             peak, source = float(torch.cuda.max_memory_allocated(self.device)), "cuda_max_allocated"
         else:
             peak, source = float(self._sampler.finish()), "cpu_peak_rss"
-        self.usage = Usage(seconds, peak, source, self._start_memory, self._max_saved)
+        self.usage = Usage(seconds, peak, source, self._start_memory, self._max_saved, device_seconds)

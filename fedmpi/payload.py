@@ -29,6 +29,7 @@ class ClientUpdate:
     scores: np.ndarray | None  # float32 (num_groups,): importance, 0 for pruned groups
     # Measured (fedmpi.measure) and planned (the strategy's device budget) costs of the client-round.
     peak_memory_bytes: float = math.nan
+    device_seconds: float = math.nan  # CUDA-event seconds of the training (NaN on the CPU)
     saved_activation_bytes: int = 0
     device_class: int = -1
     planned_memory_bytes: float = math.nan
@@ -44,7 +45,7 @@ class ClientUpdate:
         return size
 
 
-COST_FIELDS = tuple(f.name for f in fields(ClientUpdate))[-6:]
+COST_FIELDS = tuple(f.name for f in fields(ClientUpdate))[-7:]
 
 
 def realised_sparsity(group_mask: np.ndarray | None) -> float:

@@ -166,6 +166,9 @@ class ResultWriter:
                 keep = int((f[group]["round"][:] <= state.round).sum())
                 for ds in f[group].values():
                     ds.resize(keep, axis=0)
+            if "device_seconds" not in f[S.GROUP_CLIENTS]:  # a file written before the column existed
+                _column(f[S.GROUP_CLIENTS], "device_seconds", "float64").resize(keep, axis=0)
+                f[S.GROUP_CLIENTS]["device_seconds"][:] = np.nan
             if S.GROUP_FINAL in f:  # a complete run being extended by more rounds
                 del f[S.GROUP_FINAL]
             f.attrs.pop(S.ATTR_ERROR, None)

@@ -106,6 +106,8 @@ CLIENT_COLUMNS: dict[str, str] = {
 CLIENT_COST_COLUMNS: dict[str, str] = {
     # Measured per client-round (fedmpi.measure): CUDA max allocated or CPU peak RSS; bytes autograd kept.
     "peak_memory_bytes": "float64",
+    # CUDA-event seconds of the training (NaN on the CPU); a shared step (clients_per_step > 1) is split by samples.
+    "device_seconds": "float64",
     "saved_activation_bytes": "int64",
     # The device budget it had (index into the config's devices.classes; -1: none) and what the
     # strategy planned with (NaN where it plans nothing): layer finetuning's fedmpi.budgets figures.

@@ -22,6 +22,7 @@ PRUNE = "prune"
 DEVICES = "devices"  # which device class each client owns
 LORA_RANK = "lora_rank"  # per-client LoRA rank (HetLoRA, FlexLoRA)
 LORA_INIT = "lora_init"  # fresh adapters each round (FLoRA)
+EVAL_SUBSET = "eval_subset"
 
 
 def _key(purpose: str) -> int:

@@ -22,7 +22,7 @@ from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
-from fedmpi.evaluation import EvalResult, batch_bounds, combine
+from fedmpi.evaluation import EvalResult, batch_bounds, combine, eval_examples
 from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
 from fedmpi.models.limits import check_lengths
 from fedmpi.models.exclusion import importance_options
@@ -33,8 +33,9 @@ from fedmpi.progress import Progress
 from fedmpi.results import ResultWriter
 from fedmpi.server import Server
 from fedmpi.models.arch import arch_spec
+from fedmpi.placement import assign_by_work, client_token_counts
 from fedmpi.strategies import STRATEGIES, RunInfo
-from fedmpi.worker import Worker, assign_clients
+from fedmpi.worker import Worker
 
 
 @dataclass
@@ -44,6 +45,8 @@ class _Parts:
     num_eval: int
     worker_ranks: list[int]
     task_kind: str
+    client_work: np.ndarray  # tokens per client: the work that places clients on ranks
+    clients_per_step: int
     first_round: int = 0  # > 0 when resuming
     server: Server | None = None  # rank 0 only
     writer: ResultWriter | None = None  # rank 0 only
@@ -148,23 +151,30 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
                    causal_lm=bundle.causal_lm)
     train = tokenize_split(task.train, bundle.tokenizer, **lengths)
     evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
-    trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence, groups=strategy.groups)
+    rt = cfg.runtime
+    trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence,
+                           groups=strategy.groups, precision=rt.precision, dropout=rt.clients_per_step == 1)  # fmt: skip
+    partition = _partition(cfg, train)
+    evaluated = eval_examples(len(evaluation), cfg.server.eval_samples, cfg.seed)
     worker = Worker(
-        trainer, strategy, _partition(cfg, train), evaluation, rank=comm.rank, seed=cfg.seed,
+        trainer, strategy, partition, evaluation, rank=comm.rank, seed=cfg.seed,
         ops_per_sample=_ops_per_sample(bundle, cfg), num_epochs=cfg.client.num_epochs,
+        clients_per_step=rt.clients_per_step, eval_examples=evaluated,
     )  # fmt: skip
     params = bundle.layout.get_flat(bundle.model).cpu().numpy()
     groups = strategy.groups
     progress.say(
         f"model: {cfg.model.name}, {bundle.layout.numel:,} trainable parameters, "
-        f"{groups.num_groups} groups in {len(groups.families)} families; device {device}, "
+        f"{groups.num_groups} groups in {len(groups.families)} families; device {device} "
+        f"({rt.precision}, {rt.clients_per_step} client(s) per step), "
         f"{threads} thread(s) per rank, {comm.size} rank(s)"
     )
     progress.say(
         f"federation: {cfg.data.num_clients} clients ({cfg.data.partition}), {cfg.server.num_clients_per_round} per "
         f"round, {cfg.server.num_rounds} rounds; strategy {strategy.name}, selection {cfg.server.selection}"
     )
-    return _Parts(worker=worker, params=params, num_eval=len(evaluation), worker_ranks=worker_ranks, task_kind=task.kind)
+    return _Parts(worker=worker, params=params, num_eval=len(evaluated), worker_ranks=worker_ranks, task_kind=task.kind,
+                  client_work=client_token_counts(partition, train), clients_per_step=rt.clients_per_step)  # fmt: skip
 
 
 def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, progress: Progress) -> None:
@@ -215,7 +225,8 @@ def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[C
     selected = server.select(round_) if server else None
     selected, message = comm.bcast((selected, server.strategy.round_message(round_, selected)) if server else None)
     download = comm.bytes_moved - before
-    mine = assign_clients(selected, parts.worker_ranks).get(comm.rank, [])
+    plan = assign_by_work(selected, parts.client_work, parts.worker_ranks, parts.clients_per_step)
+    mine = plan.get(comm.rank, [])
     updates = collective(
         comm, "training", lambda: parts.worker.train_clients(mine, parts.params, round_, message), warmup=round_ <= 1
     )

@@ -57,6 +57,19 @@ def test_one_two_three_ranks_agree_bit_for_bit(tmp_path, setting):
             assert f["rounds/mpi_bytes"][1] > 0
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_clients_per_step_and_eval_subset_agree_across_rank_counts(tmp_path):
+    """Step groups are cut from the whole selection, so 1 and 3 ranks train the same groups."""
+    settings = [*SETTINGS["pruning-loss"], "runtime.clients_per_step=2", "peft.lora.dropout=0", "server.eval_samples=40"]
+    one, out = _run(tmp_path, "one", settings, ranks=None)
+    assert "2 client(s) per step" in out
+    three, _ = _run(tmp_path, "three", settings, ranks=3)
+    _same(one, three)
+    with h5py.File(one) as f:
+        assert np.all(np.isnan(f["clients/device_seconds"][:])) and np.all(f["clients/peak_memory_bytes"][:] > 0)  # CPU
+
+
 @pytest.mark.parametrize("setting", ["pruning-pre-train", "random-pruning"])
 def test_pruning_variants_run_and_record_heads(tmp_path, setting):
     path, _ = _run(tmp_path, setting, SETTINGS[setting], ranks=None)

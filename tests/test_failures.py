@@ -18,12 +18,12 @@ FAULT = """
 import os
 if os.environ.get("PMI_RANK") == "1":
     import fedmpi.worker as w
-    original = w.Worker.train_client
-    def failing(self, client, params, round_, message=None):
+    original = w.Worker.train_group
+    def failing(self, clients, params, on_device, round_, message=None):
         if round_ == 2:
             raise RuntimeError("injected failure on purpose")
-        return original(self, client, params, round_, message)
-    w.Worker.train_client = failing
+        return original(self, clients, params, on_device, round_, message)
+    w.Worker.train_group = failing
 """
 
 
@@ -71,14 +71,14 @@ STALL = """
 import os, signal
 if os.environ.get("PMI_RANK") == "1":
     import fedmpi.worker as w
-    original = w.Worker.train_client
-    def stalling(self, client, params, round_, message=None):
+    original = w.Worker.train_group
+    def stalling(self, clients, params, on_device, round_, message=None):
         if round_ == 2:
             with open(os.environ["STALLED_PID_FILE"], "w") as f:
                 f.write(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGSTOP)
-        return original(self, client, params, round_, message)
-    w.Worker.train_client = stalling
+        return original(self, clients, params, on_device, round_, message)
+    w.Worker.train_group = stalling
 """
 
 

@@ -86,12 +86,12 @@ def test_fedara_uploads_fall_with_the_budget(tmp_path):
 
 FAULT_IN_ROUND_3 = """
 import fedmpi.worker as w
-original = w.Worker.train_client
-def failing(self, client, params, round_, *rest):
+original = w.Worker.train_group
+def failing(self, clients, params, on_device, round_, *rest):
     if round_ == 3:
         raise RuntimeError("injected failure on purpose")
-    return original(self, client, params, round_, *rest)
-w.Worker.train_client = failing
+    return original(self, clients, params, on_device, round_, *rest)
+w.Worker.train_group = failing
 """
 
 

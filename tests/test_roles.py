@@ -9,13 +9,7 @@ import numpy as np
 
 from fedmpi.evaluation import batch_bounds, combine
 from fedmpi.models.groups import GroupFamily, GroupMap
-from fedmpi.worker import UploadSizer, assign_clients
-
-
-def test_clients_are_dealt_round_robin_over_training_ranks():
-    plan = assign_clients(np.array([2, 5, 7, 9, 11]), [0, 1, 2])
-    assert plan == {0: [2, 9], 1: [5, 11], 2: [7]}
-    assert assign_clients(np.array([4, 8]), [1, 2, 3]) == {1: [4], 2: [8], 3: []}
+from fedmpi.worker import UploadSizer
 
 
 def test_evaluation_batches_reassemble_in_order_whatever_the_rank_count():

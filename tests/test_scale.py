@@ -12,7 +12,7 @@ from fedmpi.models.groups import GroupMap
 from fedmpi.data import partition_iid
 from fedmpi.server import Server
 from fedmpi.strategies.fedavg import FedAvg
-from fedmpi.worker import assign_clients
+from fedmpi.placement import assign_by_work
 
 NUM_CLIENTS = 100_000
 NUM_EXAMPLES = 400_000
@@ -25,12 +25,13 @@ def _fedavg(numel: int) -> FedAvg:
 def test_per_client_state_for_100k_clients_is_small():
     tracemalloc.start()
     partition = partition_iid(NUM_EXAMPLES, NUM_CLIENTS, seeding.rng(0, seeding.PARTITION))
+    work = np.diff(partition.offsets) * 64  # what client_token_counts gives at 64 tokens per example
     server = Server(
         ServerConfig(num_clients_per_round=20, selection="loss"), _fedavg(10), NUM_CLIENTS, np.zeros(10, np.float32), 0
     )
     for round_ in range(1, 4):
         selected = server.select(round_)
-        assign_clients(selected, list(range(8)))
+        assign_by_work(selected, work, list(range(8)), 4)
         server.last_loss[selected] = 1.0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -118,15 +118,22 @@ class _Slot:
     num_heads: int
     query_valid: torch.Tensor  # bool (B, Tq)
     key_valid: torch.Tensor  # bool (B, Tk)
-    sums: torch.Tensor  # the recorder's float64 accumulators, shared
+    sums: torch.Tensor  # the recorder's float64 accumulators (rows, heads), shared
     counts: torch.Tensor
+    # (row, number of samples) per consecutive run of the batch; None: every sample to row 0.
+    segments: list[tuple[int, int]] | None = None
     calls: int = 0
 
     def record(self, per_sample: torch.Tensor) -> None:
         heads = slice(self.first_head, self.first_head + self.num_heads)
-        self.sums[heads] += per_sample.sum(dim=0).to(torch.float64)
-        # Samples without any valid query measure nothing; Eq. 6 averages the others.
-        self.counts[heads] += self.query_valid.any(dim=1).sum()
+        has_query = self.query_valid.any(dim=1)
+        start = 0
+        for row, count in self.segments or [(0, per_sample.shape[0])]:
+            part = slice(start, start + count)
+            self.sums[row, heads] += per_sample[part].sum(dim=0).to(torch.float64)
+            # Samples without any valid query measure nothing; Eq. 6 averages the others.
+            self.counts[row, heads] += has_query[part].sum()
+            start += count
         self.calls += 1
 
     def check(self, query: torch.Tensor, key: torch.Tensor) -> None:
@@ -233,11 +240,16 @@ class HeadConfidence:
         self._encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         start = getattr(config, "decoder_start_token_id", None)
         self._decoder_start = pad_token_id if start is None else int(start)
-        self._sums = torch.zeros(head_map.num_heads_total, dtype=torch.float64)
-        self._counts = torch.zeros(head_map.num_heads_total, dtype=torch.int64)
+        self._sums = torch.zeros(1, head_map.num_heads_total, dtype=torch.float64)
+        self._counts = torch.zeros(1, head_map.num_heads_total, dtype=torch.int64)
         self._num_samples = 0
 
-    def reset(self) -> None:
+    def reset(self, num_rows: int = 1) -> None:
+        """Start afresh with ``num_rows`` separate accumulators (one per client trained together)."""
+        if self._sums.shape[0] != num_rows:
+            shape = (num_rows, self._head_map.num_heads_total)
+            self._sums = torch.zeros(shape, dtype=torch.float64, device=self._sums.device)
+            self._counts = torch.zeros(shape, dtype=torch.int64, device=self._counts.device)
         self._sums.zero_()
         self._counts.zero_()
         self._num_samples = 0
@@ -248,11 +260,18 @@ class HeadConfidence:
 
     def scores(self) -> np.ndarray:
         """float32 (num_heads_total,): mean per-sample confidence per head; zeros if nothing recorded."""
+        return self.row_scores()[0]
+
+    def row_scores(self) -> np.ndarray:
+        """float32 (num_rows, num_heads_total): ``scores`` of each accumulator row."""
         return (self._sums / self._counts.clamp_min(1)).cpu().numpy().astype(np.float32)
 
     @contextmanager
-    def recording(self, batch: dict[str, torch.Tensor]) -> Iterator[None]:
-        """Record every forward of the model on ``batch`` run inside the block."""
+    def recording(
+        self, batch: dict[str, torch.Tensor], segments: list[tuple[int, int]] | None = None
+    ) -> Iterator[None]:
+        """Record every forward of the model on ``batch`` run inside the block; ``segments``
+        (row, number of samples) sends consecutive runs of the batch to separate rows."""
         for module, spec in zip(self._modules, self._head_map.modules):
             impl = getattr(getattr(module, "config", None), "_attn_implementation", None)
             if impl != CONFIDENCE_ATTENTION:
@@ -276,7 +295,7 @@ class HeadConfidence:
                 query_valid = query_valid.clone()
                 query_valid[:, : self._options.skip_first_queries] = False
             slots[id(module)] = _Slot(spec.name, int(offsets[i]), spec.num_heads, query_valid, key_valid,
-                                      self._sums, self._counts)
+                                      self._sums, self._counts, segments)
         _ACTIVE.update(slots)
         try:
             yield

@@ -94,31 +94,33 @@ class TrainableLayout:
             self._cache[model] = params
         return params
 
-    def _bounds(self) -> list[tuple[int, int]]:
-        off = self.offsets.tolist()
-        return list(zip(off[:-1], off[1:]))
+    def _sizes(self) -> list[int]:
+        return np.diff(self.offsets).tolist()
 
     def get_flat(self, model: torch.nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
-        """A detached float32 CPU copy of the trainable parameters, concatenated (into ``out`` if given)."""
+        """A detached float32 copy of the trainable parameters, concatenated, on the model's
+        device (one ``cat``); into ``out`` if given (one copy, to any device)."""
         params = self._params(model)
-        if out is None:
-            out = torch.empty(self.numel, dtype=torch.float32)
-        elif out.shape != (self.numel,) or out.dtype != torch.float32:
+        if out is not None and (out.shape != (self.numel,) or out.dtype != torch.float32):
             raise ValueError(f"out must be float32 of shape ({self.numel},), got {out.dtype} {tuple(out.shape)}")
         with torch.no_grad():
-            for p, (a, b) in zip(params, self._bounds()):
-                out[a:b].copy_(p.reshape(-1))
+            flat = torch.cat([p.detach().reshape(-1).float() for p in params])
+            if out is None:
+                return flat
+            out.copy_(flat)
         return out
 
     def set_flat(self, model: torch.nn.Module, flat: torch.Tensor | np.ndarray) -> None:
-        """Copy ``flat`` into the model's trainable parameters in place (no autograd)."""
+        """Copy ``flat`` into the model's trainable parameters in place (no autograd): one
+        transfer to the parameters' device, then one split and a fused copy."""
         flat = torch.as_tensor(flat)
         if flat.shape != (self.numel,):
             raise ValueError(f"flat vector has shape {tuple(flat.shape)}, the layout needs ({self.numel},)")
         params = self._params(model)
         with torch.no_grad():
-            for p, (a, b) in zip(params, self._bounds()):
-                p.copy_(flat[a:b].reshape(p.shape))
+            flat = flat.to(device=params[0].device, dtype=params[0].dtype)
+            pieces = [piece.view(p.shape) for piece, p in zip(flat.split(self._sizes()), params)]
+            torch._foreach_copy_(params, pieces)
 
     def element_task_head_mask(self) -> np.ndarray:
         """Bool per flat element: True where the element belongs to the task head."""
