@@ -92,6 +92,18 @@ def run_sweep(jobs: Sequence[Job], output_dir: Path, *, ranks: int = 1, parallel
     return ok.count(False)
 
 
+def run_and_collect(jobs: Sequence[Job], args: Any, summary: Callable[[Job, Path], dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """A table script's common part: run ``jobs`` (unless ``args.table_only``), then summarise the complete ones.
+
+    ``args`` carries the scripts' shared options: output_dir, ranks, jobs, overrides, table_only.
+    Returns (number of failed runs, summaries of the complete result files).
+    """
+    failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, ranks=args.ranks, parallel=args.jobs,
+                                                 overrides=args.overrides)
+    paths = [(job, args.output_dir / f"{job.name}.h5") for job in jobs]
+    return failed, [summary(job, path) for job, path in paths if is_complete(path)]
+
+
 # --- statistics (pure) ---------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import REPO, Job, is_complete, markdown_table, mean_std, paired, paired_cell, pm, run_sweep, write_csv  # noqa: E402
+from sweep import REPO, Job, markdown_table, mean_std, paired, paired_cell, pm, run_and_collect, write_csv  # noqa: E402
 
 from fedmpi.analyze import format_table, load_run  # noqa: E402
 
@@ -129,9 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args(argv)
     jobs = [cell_job(r, m, seed, args.sparsity) for seed in args.seeds for r in args.rows for m in METHOD_LABELS]
-    failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, ranks=args.ranks, parallel=args.jobs,
-                                                 overrides=args.overrides)
-    summaries = [run_summary(j, args.output_dir / f"{j.name}.h5") for j in jobs if is_complete(args.output_dir / f"{j.name}.h5")]
+    failed, summaries = run_and_collect(jobs, args, run_summary)
     if not summaries:
         print(f"no complete result files in {args.output_dir}")
         return 1
