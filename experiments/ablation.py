@@ -150,7 +150,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
 
 def ablation_jobs(args: argparse.Namespace) -> list[Job]:
     jobs = []
-    for selection in SELECTIONS:
+    for selection in args.selections:
         for method, settings in METHODS.items():
             if method not in args.methods:
                 continue
@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clients-per-round", type=int, default=4)
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    run.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=list(SELECTIONS))
     return parser
 
 
