@@ -1,0 +1,55 @@
+"""experiments/ablation.py: the protocol's stability rule and the statistics, by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ablation():
+    sys.path.insert(0, str(REPO / "experiments"))
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "experiments" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("ablation", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+AB = _ablation()
+
+
+@pytest.mark.parametrize(
+    ("curve", "stable"),
+    [
+        ([0.04, 0.06, 0.26, 0.33, 0.38, 0.43, 0.44, 0.43], True),  # rises, ends within 0.02 of its best
+        ([0.29, 0.54, 0.54, 0.54, 0.54, 0.54, 0.54, 0.54], False),  # stuck on the majority class from round 1
+        ([0.04, 0.10, 0.30, 0.45, 0.40, 0.42, 0.41, 0.40], False),  # ends 0.05 below its best
+        ([0.04, 0.10, 0.30, 0.45, 0.10, 0.44, 0.44, 0.45], False),  # falls back to chance after its best
+    ],
+)
+def test_is_stable(curve, stable):
+    assert AB.is_stable(np.array(curve), tolerance=0.02, min_gain=0.05) is stable
+
+
+def test_mean_sd_ci_by_hand():
+    s = AB.mean_sd_ci([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["sd"] == 1.0 and s["n"] == 3
+    assert s["ci"] == pytest.approx(4.303 / math.sqrt(3))  # t(0.975, 2 dof) * sd / sqrt(n)
+    assert math.isnan(AB.mean_sd_ci([1.0])["ci"])
+
+
+def test_paired_differences_match_seeds_and_selection():
+    rows = [{"method": m, "selection": "loss", "seed": s, "final": v}
+            for m, s, v in [("Ours", 0, 0.40), ("Ours", 1, 0.50), ("B2", 0, 0.30), ("B2", 1, 0.45), ("B2", 2, 0.9)]]
+    d = AB.paired(rows, "Ours", "B2", "final")
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.075)  # seed 2 has no Ours run: not paired
+    assert AB.verdict({"n": 3, "mean": 0.1, "ci": 0.05}) == "holds (CI above 0)"
+    assert AB.verdict({"n": 3, "mean": -0.1, "ci": 0.05}) == "reversed (CI below 0)"
+    assert AB.verdict({"n": 3, "mean": 0.01, "ci": 0.05}) == "not shown (CI contains 0)"
