@@ -21,6 +21,7 @@ from fedmpi import accounting, output_files, runtime, seeding
 from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
+from fedmpi.devices import profile_table
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
 from fedmpi.evaluation import EvalResult, batch_bounds, combine, eval_examples
 from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
@@ -182,8 +183,9 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     groups = parts.worker.groups
     parts.server = Server(cfg.server, parts.worker.strategy, cfg.data.num_clients, parts.params, cfg.seed)
     path = result_path(cfg, name)
+    devices = profile_table(cfg.devices, cfg.data.num_clients)
     if cfg.output.resume and ResultWriter.resumable(path):
-        parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size)
+        parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size, devices=devices)
         parts.server.restore(state)
         parts.params[:] = state.trainable
         parts.first_round = state.round + 1
@@ -194,6 +196,7 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     parts.writer = ResultWriter(
         path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=parts.task_kind,
         num_clients=cfg.data.num_clients, group_families=[(f.name, f.kind, f.num_groups) for f in groups.families],
+        devices=devices,
     )  # fmt: skip
 
 
