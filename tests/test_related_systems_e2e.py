@@ -60,7 +60,14 @@ def test_blocks_outside_n_c_have_exactly_zero_delta():
 
 
 def test_layer_finetuning_records_budgets_and_masks(tmp_path):
-    run = load_run(_launch(tmp_path, "layers", LAYERS))
+    # The backbone is chosen from a pool: MiniLM's 90 MB of weights fit no watch (mean n_c -inf), so
+    # tiny-bert wins although MiniLM is listed first and is the model.name given.
+    pool = ["model.name=minilm", "strategy.backbone_candidates=[minilm, tiny-bert]"]
+    proc = run_launch([*TINY_RUN, *LAYERS, *pool, f"output.dir={tmp_path}", "output.name=layers"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backbone: tiny-bert (mean n_c over the device classes at 20 samples/round: minilm -inf, tiny-bert 1." in proc.stdout
+    run = load_run(tmp_path / "layers.h5")
+    assert run.config["model"]["name"] == "tiny-bert" and run.config["strategy"]["backbone_candidates"] == ["minilm", "tiny-bert"]
     c = run.clients
     # watch: head only; phone: the last block; laptop: both blocks.
     expected = {0: [False, False], 1: [False, True], 2: [True, True]}
