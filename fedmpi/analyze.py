@@ -40,6 +40,7 @@ class Run:
     rounds: dict[str, np.ndarray]
     clients: dict[str, np.ndarray]
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # /groups: the families of parameter groups
+    devices: dict[str, np.ndarray] = field(default_factory=dict)  # /devices: the device classes ({} if none or older file)
     final_trainable: np.ndarray | None = None
 
     @property
@@ -103,12 +104,14 @@ def _read_run(path: Path) -> Run:
         no_clients = {key: np.empty(0, dtype) for key, dtype in rs.CLIENT_COLUMNS.items()}
         clients = _read_group(f, rs.GROUP_CLIENTS, rs.CLIENT_COLUMNS) or no_clients
         groups = _read_group(f, rs.GROUP_GROUPS, rs.GROUP_COLUMNS) or {}
+        devices = _read_group(f, rs.GROUP_DEVICES, rs.DEVICE_COLUMNS) or {}  # absent in files from before it
         final = f[rs.FINAL_TRAINABLE][()] if rs.FINAL_TRAINABLE in f else None
     # Client rows are appended before their round's row: drop those of a round the run did not finish.
     finished = clients["round"] <= (rounds["round"][-1] if len(rounds["round"]) else -1)
     clients = {key: a[finished] for key, a in clients.items()}
     config = yaml.safe_load(attrs.get(rs.ATTR_CONFIG_YAML) or "") or {}
-    return Run(path, attrs, config, rounds, clients, groups, final)
+    devices = devices if len(devices.get("name", ())) else {}
+    return Run(path, attrs, config, rounds, clients, groups, devices, final)
 
 
 # Where the resolved config (fedmpi.config) keeps the names shown in the tables; the first path found wins.
@@ -145,6 +148,8 @@ def summarize(run: Run, target: float = 0.7) -> dict[str, Any]:
     evaluated = ~np.isnan(metric)
     best_at = int(np.nanargmax(metric)) if evaluated.any() else None
     training = r["round"] >= 1
+    skipped = run.clients.get("skipped_modules")
+    skipped = skipped[skipped >= 0] if skipped is not None else np.empty(0)
     return {
         "run": run.name,
         "path": str(run.path),
@@ -166,7 +171,49 @@ def summarize(run: Run, target: float = 0.7) -> dict[str, Any]:
         "status": "complete" if run.complete else "incomplete",
         "writer_status": run.attrs.get(rs.ATTR_STATUS, "?"),
         "error": run.attrs.get(rs.ATTR_ERROR),
+        # FedARA: mean adapter modules switched off per client-round (None where no strategy switches any off)
+        "mean_skipped_modules": float(skipped.mean()) if skipped.size else None,
+        "devices": device_summary(run),
     }
+
+
+def _mean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else math.nan
+
+
+def device_summary(run: Run) -> list[dict[str, Any]]:
+    """One row per device class (/devices): its budgets (NaN: unlimited) and what its client-rounds
+    planned, used and uploaded (means; NaN where a column is missing or nothing was recorded)."""
+    d, c = run.devices, run.clients
+    if not d:
+        return []
+    cls = c.get("device_class", np.full(len(c["round"]), -1))
+    rows = []
+    for k, name in enumerate(d["name"]):
+        mine = cls == k
+
+        def mean(column: str) -> float:
+            return _mean(c[column][mine]) if column in c else math.nan
+
+        rows.append({
+            "name": str(name), "share": float(d["share"][k]), "num_clients": int(d["num_clients"][k]),
+            "memory_bytes": float(d["memory_bytes"][k]), "flops_per_round": float(d["flops_per_round"][k]),
+            "upload_bytes_per_round": float(d["upload_bytes_per_round"][k]), "speed": float(d["speed"][k]),
+            "client_rounds": int(mine.sum()), "planned_memory_bytes": mean("planned_memory_bytes"),
+            "peak_memory_bytes": mean("peak_memory_bytes"), "upload_bytes_paper": mean("upload_bytes_paper"),
+            "seconds": mean("seconds"),
+        })  # fmt: skip
+    return rows
+
+
+def family_counts(run: Run) -> np.ndarray:
+    """(client-rounds x families) kept groups per family: each module's rank under FedARA, 0/1 per block."""
+    if rs.CLIENT_GROUP_MASK not in run.clients or not run.groups:
+        raise ValueError(f"{run.path}: no parameter groups recorded (num_groups_total = 0)")
+    offsets = np.concatenate([[0], np.cumsum(run.groups["num_groups"])])
+    mask = run.clients[rs.CLIENT_GROUP_MASK].astype(np.int64)
+    return np.add.reduceat(mask, offsets[:-1], axis=1) if len(mask) else np.zeros((0, len(offsets) - 1), np.int64)
 
 
 def _num_clients(run: Run) -> int:
@@ -234,7 +281,30 @@ def format_run(s: dict[str, Any]) -> str:
         ("total s", _fmt(s["total_seconds"], 1)),
         ("status", status),
     ]
-    return format_table(rows)
+    if s.get("mean_skipped_modules") is not None:
+        rows.insert(-1, ("modules skipped / client-round", _fmt(s["mean_skipped_modules"], 2)))
+    text = format_table(rows)
+    if s.get("devices"):
+        text += "\ndevices (budgets per round; means over each class's client-rounds):\n" + format_devices(s["devices"])
+    return text
+
+
+def _budget(value: float, scale: float) -> str:
+    return "unlimited" if math.isnan(value) else f"{value / scale:.2f}"
+
+
+def format_devices(rows: Sequence[dict[str, Any]]) -> str:
+    """The /devices table from device_summary(): budgets, then what the class's client-rounds used."""
+    header = ["class", "share", "clients", "memory MB", "GFLOPs", "upload MB", "speed", "client-rounds",
+              "planned MB", "peak MB", "sent MB", "s"]  # fmt: skip
+    body = [
+        [r["name"], f"{r['share']:g}", str(r["num_clients"]), _budget(r["memory_bytes"], 1e6),
+         _budget(r["flops_per_round"], 1e9), _budget(r["upload_bytes_per_round"], 1e6), f"{r['speed']:g}",
+         str(r["client_rounds"]), _fmt(r["planned_memory_bytes"] / 1e6, 2), _fmt(r["peak_memory_bytes"] / 1e6, 1),
+         _fmt(r["upload_bytes_paper"] / 1e6, 3), _fmt(r["seconds"], 2)]
+        for r in rows
+    ]  # fmt: skip
+    return format_table(body, header=header)
 
 
 COMPARISON_COLUMNS = (

@@ -42,6 +42,7 @@ class LocalResult:
     seconds: float
     scores: np.ndarray | None  # head importance (Eq. 6), when recorded
     usage: Usage | None = None  # measured seconds, peak memory, saved activations and device seconds of the training
+    skipped_modules: int = -1  # modules the strategy's hooks saw skipped in every forward (-1: they switch none off)
 
 
 class LocalTrainer:
@@ -207,4 +208,4 @@ class LocalTrainer:
         else:
             scores = self.confidence.scores() if record_importance else hooks.scores()
         train_loss = float(loss_sum) / max(seen, 1)
-        return LocalResult(delta, train_loss, time.perf_counter() - start, scores, meter.usage)
+        return LocalResult(delta, train_loss, time.perf_counter() - start, scores, meter.usage, hooks.skipped_modules())

@@ -180,6 +180,10 @@ class LayerFinetuningConfig(_Section):
     name: Literal["layer_finetuning"] = "layer_finetuning"
     variant: Literal["blocks", "lora"] = "blocks"  # whole blocks (the paper) or only their LoRA adapters
     dtype_bytes: int = Field(4, ge=1)  # bytes per weight, gradient, optimizer state and activation
+    # Model names (as model.name takes them); non-empty: before round 1 the run builds each, keeps the
+    # one with the highest mean n_c over the device classes (fedmpi.budgets.choose_backbone), prints
+    # the choice, and runs it as model.name (the resolved config records the chosen name).
+    backbone_candidates: tuple[str, ...] = ()
 
 
 class FedAraConfig(_Section):

@@ -86,17 +86,20 @@ def client_classes(cfg: DevicesConfig, seed: int, num_clients: int) -> np.ndarra
     return assign_classes(seed, num_clients, np.array([c.share for c in cfg.classes]))
 
 
-def profile_table(cfg: DevicesConfig) -> dict[str, np.ndarray]:
-    """The device classes as columns for the result file (NaN = unlimited)."""
+def profile_table(cfg: DevicesConfig, num_clients: int) -> dict[str, np.ndarray]:
+    """The device classes as the result file's /devices columns (NaN = unlimited); no rows without classes."""
 
     def column(values: list[float | None]) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
+    shares = np.array([c.share for c in cfg.classes], dtype=np.float64)
+    counts = class_counts(shares, num_clients) if cfg.classes else np.zeros(0, np.int64)
     return {
         "name": np.array(cfg.names, dtype=object),
+        "share": shares,
+        "num_clients": counts.astype(np.int64),
         "memory_bytes": column([c.memory_bytes for c in cfg.classes]),
         "flops_per_round": column([c.flops_per_round for c in cfg.classes]),
         "upload_bytes_per_round": column([c.upload_bytes_per_round for c in cfg.classes]),
         "speed": column([c.speed for c in cfg.classes]),
-        "share": column([c.share for c in cfg.classes]),
     }

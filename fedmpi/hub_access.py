@@ -23,8 +23,8 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"
 
 
 def hub_needed(cfg: Config) -> bool:
-    name = cfg.model.name
-    model_from_hub = not (name == "minilm" or name.startswith("tiny-") or Path(name).exists())
+    names = (cfg.model.name, *getattr(cfg.strategy, "backbone_candidates", ()))  # layer finetuning's pool
+    model_from_hub = any(not (n == "minilm" or n.startswith("tiny-") or Path(n).exists()) for n in names)
     return model_from_hub or (cfg.data.source in HUB_SOURCES and cfg.data.path is None)
 
 

@@ -35,6 +35,7 @@ class ClientUpdate:
     planned_memory_bytes: float = math.nan
     planned_flops: float = math.nan
     planned_upload_bytes: float = math.nan
+    skipped_modules: int = -1  # adapter modules whose branch never ran (FedARA's rank-0 modules); -1: none switched off
 
     @property
     def wire_bytes(self) -> int:
@@ -45,7 +46,8 @@ class ClientUpdate:
         return size
 
 
-COST_FIELDS = tuple(f.name for f in fields(ClientUpdate))[-7:]
+_FIELDS = [f.name for f in fields(ClientUpdate)]
+COST_FIELDS = tuple(_FIELDS[_FIELDS.index("scores") + 1 :])  # the measured and planned figures above
 
 
 def realised_sparsity(group_mask: np.ndarray | None) -> float:

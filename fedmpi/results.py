@@ -52,6 +52,18 @@ def _column(group: h5py.Group, name: str, dtype: str, width: int | None = None) 
     return group.create_dataset(name, shape=shape, maxshape=maxshape, dtype=np.dtype(dtype), chunks=chunks)
 
 
+def _write_devices(f: h5py.Group, devices: dict[str, Any] | None) -> None:
+    """The /devices table (fixed size, written once); zero rows for None or a run without classes."""
+    group = f.create_group(S.GROUP_DEVICES)
+    devices = devices or {}
+    for name, dtype in S.DEVICE_COLUMNS.items():
+        if dtype == "str":
+            values = np.array([str(v) for v in devices.get(name, [])], dtype=object)
+            group.create_dataset(name, shape=values.shape, data=values if values.size else None, dtype=h5py.string_dtype())
+        else:
+            group.create_dataset(name, data=np.asarray(devices.get(name, []), dtype=np.dtype(dtype)))
+
+
 def _append(group: h5py.Group, rows: dict[str, Any]) -> None:
     for name, values in rows.items():
         values = np.asarray(values)
@@ -61,6 +73,10 @@ def _append(group: h5py.Group, rows: dict[str, Any]) -> None:
         n = ds.shape[0]
         ds.resize(n + values.shape[0], axis=0)
         ds[n:] = values
+
+
+# What a column added to an older file holds for its earlier rows: NaN (floats), -1 (ints: "none").
+_MISSING = {"f": np.nan, "i": -1}
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,9 @@ class ResultWriter:
         task_kind: str,
         num_clients: int,
         group_families: list[tuple[str, str, int]],
+        devices: dict[str, Any] | None = None,
     ) -> None:
+        """``devices``: the /devices columns (``fedmpi.devices.profile_table``); None: no classes."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.checkpoint_path = checkpoint_path(path)
@@ -131,6 +149,7 @@ class ResultWriter:
                 _column(rounds, name, dtype)
             for name in S.ROUND_METRIC_COLUMNS:
                 _column(rounds, name, "float64")
+            _write_devices(f, devices)
             clients = f.create_group(S.GROUP_CLIENTS)
             for name, dtype in {**S.CLIENT_COLUMNS, **S.CLIENT_COST_COLUMNS}.items():
                 _column(clients, name, dtype)
@@ -149,11 +168,15 @@ class ResultWriter:
             yield f
 
     @classmethod
-    def resume(cls, path: Path, *, config_yaml: str, num_ranks: int) -> tuple[ResultWriter, ServerState]:
+    def resume(
+        cls, path: Path, *, config_yaml: str, num_ranks: int, devices: dict[str, Any] | None = None
+    ) -> tuple[ResultWriter, ServerState]:
         """Reopen a run's file at its checkpoint: rows past it are dropped, a complete run is extended.
 
         The config must match the run's, except for RESUMABLE_CHANGES. ``num_ranks`` keeps the
         first run's value; each resumption is recorded in ``resumed_at`` / ``resumed_num_ranks``.
+        A file from before a column or table existed gets it (NaN / -1 for the rows already there;
+        ``devices`` for the /devices table, which the unchanged config determines).
         """
         writer = cls.__new__(cls)
         writer.path, writer.checkpoint_path, writer._closed = path, checkpoint_path(path), False
@@ -166,9 +189,12 @@ class ResultWriter:
                 keep = int((f[group]["round"][:] <= state.round).sum())
                 for ds in f[group].values():
                     ds.resize(keep, axis=0)
-            if "device_seconds" not in f[S.GROUP_CLIENTS]:  # a file written before the column existed
-                _column(f[S.GROUP_CLIENTS], "device_seconds", "float64").resize(keep, axis=0)
-                f[S.GROUP_CLIENTS]["device_seconds"][:] = np.nan
+            for name, dtype in S.CLIENT_COST_COLUMNS.items():  # a file written before the column existed
+                if name not in f[S.GROUP_CLIENTS]:
+                    _column(f[S.GROUP_CLIENTS], name, dtype).resize(keep, axis=0)
+                    f[S.GROUP_CLIENTS][name][:] = _MISSING.get(np.dtype(dtype).kind, 0)
+            if S.GROUP_DEVICES not in f:
+                _write_devices(f, devices)
             if S.GROUP_FINAL in f:  # a complete run being extended by more rounds
                 del f[S.GROUP_FINAL]
             f.attrs.pop(S.ATTR_ERROR, None)

@@ -115,6 +115,10 @@ CLIENT_COST_COLUMNS: dict[str, str] = {
     "planned_memory_bytes": "float64",
     "planned_flops": "float64",
     "planned_upload_bytes": "float64",
+    # FedARA: SVD adapter modules whose adapter branch never ran in the client's training (left at
+    # rank 0 and switched off), counted by forward hooks on the real forward; -1 where no strategy
+    # switches modules off. Per-module ranks are the group_mask summed over each /groups family.
+    "skipped_modules": "int32",
 }
 CLIENT_IMPORTANCE = "importance"  # per group; NaN where the strategy measures none
 CLIENT_GROUP_MASK = "group_mask"  # per group: uploaded
@@ -130,6 +134,21 @@ GROUP_COLUMNS: dict[str, str] = {
     "family_names": "str",
     "family_kinds": "str",  # self | encoder_self | decoder_self | cross (heads) | block | triplet
     "num_groups": "int32",
+}
+
+# --- /devices: the device profile table (the config's devices.classes), one row per class in config
+# order, row k being /clients/device_class k; zero rows when the run declares no classes. NaN budget:
+# unlimited. Added within format_version 3 (additive): files written before it lack the group, so
+# readers must not require it.
+GROUP_DEVICES = "devices"
+DEVICE_COLUMNS: dict[str, str] = {
+    "name": "str",
+    "share": "float64",  # of the clients, as configured
+    "num_clients": "int64",  # clients drawn into the class (fedmpi.devices.class_counts)
+    "memory_bytes": "float64",  # peak training memory budget
+    "flops_per_round": "float64",
+    "upload_bytes_per_round": "float64",
+    "speed": "float64",  # relative compute speed (recorded, not simulated)
 }
 
 # --- /final: only when the run completed.

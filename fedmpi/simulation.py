@@ -21,6 +21,7 @@ from fedmpi import accounting, output_files, runtime, seeding
 from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective
 from fedmpi.config import Config
+from fedmpi.devices import profile_table
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
 from fedmpi.evaluation import EvalResult, batch_bounds, combine, eval_examples
 from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
@@ -40,6 +41,7 @@ from fedmpi.worker import Worker
 
 @dataclass
 class _Parts:
+    cfg: Config  # the run's config, with the chosen backbone as model.name (layer finetuning's pool)
     worker: Worker
     params: np.ndarray  # the global trainable vector, replicated on every rank
     num_eval: int
@@ -93,6 +95,32 @@ def _task_head(bundle: ModelBundle, kind: str) -> tuple[str, ...]:
     return tuple(spec.task_head) if (spec and kind == "classification") else ()
 
 
+def _choose_backbone(cfg: Config, task: TaskData, device: torch.device, progress: Progress) -> Config:
+    """Layer finetuning's backbone choice before round 1: ``cfg`` with model.name the candidate of
+    ``strategy.backbone_candidates`` whose mean n_c over the device classes is highest (unchanged
+    without candidates). Each candidate is built as the run would build it (so the LoRA variant
+    counts its adapters), at the mean client's samples per round."""
+    candidates = getattr(cfg.strategy, "backbone_candidates", ())
+    if not candidates:
+        return cfg
+    from fedmpi.budgets import TrainingShape, choose_backbone
+    from fedmpi.models.blocks import model_sizes
+    from fedmpi.strategies.layer_finetuning import UNLIMITED
+
+    sizes = {}
+    for name in candidates:
+        trial = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": name})})
+        bundle = _build_model(trial, task, device)
+        sizes[name] = model_sizes(bundle.model, list(_task_head(bundle, task.kind)), bundle.model.config)
+        del bundle
+    shape = TrainingShape(cfg.client.batch_size, cfg.data.max_length, cfg.strategy.dtype_bytes)
+    samples = max(1, len(task.train.inputs) // cfg.data.num_clients) * cfg.client.num_epochs
+    best, means = choose_backbone(sizes, shape, cfg.devices.classes or (UNLIMITED,), samples)
+    scored = ", ".join(f"{n} {m:.2f}" for n, m in means.items())
+    progress.say(f"backbone: {best} (mean n_c over the device classes at {samples} samples/round: {scored})")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": best})})
+
+
 def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
     d, rng = cfg.data, seeding.rng(cfg.seed, seeding.PARTITION)
     if d.partition == "iid":
@@ -127,6 +155,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     worker_ranks = _worker_ranks(cfg, comm)
     task = _load_task(cfg)
     progress.say(f"data: {task.name} ({task.kind}), {len(task.train.inputs)} train / {len(task.eval.inputs)} eval examples")
+    cfg = _choose_backbone(cfg, task, device, progress)
     bundle = _build_model(cfg, task, device)
     target_length = cfg.data.max_target_length if task.kind == "generation" else None
     check_lengths(hf_model(bundle.model).config, max_length=cfg.data.max_length, max_target_length=target_length)
@@ -173,7 +202,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
         f"federation: {cfg.data.num_clients} clients ({cfg.data.partition}), {cfg.server.num_clients_per_round} per "
         f"round, {cfg.server.num_rounds} rounds; strategy {strategy.name}, selection {cfg.server.selection}"
     )
-    return _Parts(worker=worker, params=params, num_eval=len(evaluated), worker_ranks=worker_ranks, task_kind=task.kind,
+    return _Parts(cfg=cfg, worker=worker, params=params, num_eval=len(evaluated), worker_ranks=worker_ranks, task_kind=task.kind,
                   client_work=client_token_counts(partition, train), clients_per_step=rt.clients_per_step)  # fmt: skip
 
 
@@ -182,8 +211,9 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     groups = parts.worker.groups
     parts.server = Server(cfg.server, parts.worker.strategy, cfg.data.num_clients, parts.params, cfg.seed)
     path = result_path(cfg, name)
+    devices = profile_table(cfg.devices, cfg.data.num_clients)
     if cfg.output.resume and ResultWriter.resumable(path):
-        parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size)
+        parts.writer, state = ResultWriter.resume(path, config_yaml=cfg.to_yaml(), num_ranks=comm.size, devices=devices)
         parts.server.restore(state)
         parts.params[:] = state.trainable
         parts.first_round = state.round + 1
@@ -194,6 +224,7 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     parts.writer = ResultWriter(
         path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=parts.task_kind,
         num_clients=cfg.data.num_clients, group_families=[(f.name, f.kind, f.num_groups) for f in groups.families],
+        devices=devices,
     )  # fmt: skip
 
 
@@ -260,6 +291,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
     progress = progress or Progress(enabled=comm.rank == 0)
     name = comm.bcast(output_files.run_name(cfg) if comm.rank == 0 else None)
     parts = collective(comm, "setup", lambda: _build(cfg, comm, progress), warmup=True)
+    cfg = parts.cfg  # the backbone chosen from a candidate pool, if any, is the run's model.name
     collective(comm, "output", lambda: _open_results(cfg, comm, parts, name, progress) if comm.rank == 0 else None, warmup=True)
     writer, server = parts.writer, parts.server
     try:

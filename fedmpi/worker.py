@@ -131,6 +131,7 @@ class Worker:
             peak_memory_bytes=usage.peak_memory_bytes,
             saved_activation_bytes=usage.saved_activation_bytes,
             device_seconds=usage.device_seconds,
+            skipped_modules=result.skipped_modules,
             **dataclasses.asdict(strategy.client_budget(ctx)),
         )
 

@@ -27,8 +27,10 @@ def test_homogeneous_and_empty_profiles():
     one = DevicesConfig(classes=(DeviceClass(name="phone", memory_bytes=1e9),))
     assert client_classes(one, seed=0, num_clients=7).tolist() == [0] * 7
     assert client_classes(DevicesConfig(), seed=0, num_clients=7) is None
-    table = profile_table(one)
+    table = profile_table(one, 7)
     assert table["name"].tolist() == ["phone"] and np.isnan(table["flops_per_round"][0])
+    assert table["num_clients"].tolist() == [7] and table["share"].tolist() == [1.0]
+    assert all(v.size == 0 for v in profile_table(DevicesConfig(), 7).values())
 
 
 def test_validation_names_the_problem():

@@ -12,7 +12,7 @@ from peft.tuners.adalora import RankAllocator
 from fedmpi.models.build import _load_backbone
 from fedmpi.models.params import TrainableLayout
 from fedmpi.models.svd_adapters import (
-    TripletSensitivity, modules_pruned, svd_modules, triplet_groups, wrap_with_svd_adapters, zero_rank_modules,
+    AdapterCalls, TripletSensitivity, modules_pruned, svd_modules, triplet_groups, wrap_with_svd_adapters, zero_rank_modules,
 )
 from fedmpi.rank_allocation import (
     check_schedule, default_phases, module_ranks, rank_budget, smooth_sensitivity, top_triplets, weighted_scores,
@@ -123,14 +123,17 @@ def test_module_at_rank_zero_is_skipped_in_forward_and_backward():
     with torch.no_grad():
         module.lora_A["default"].fill_(float("nan"))  # would poison the output if the branch ran
     model.eval()
-    with modules_pruned(model, pruned):
+    with modules_pruned(model, pruned), AdapterCalls(model) as calls:
         assert not module.lora_A["default"].requires_grad
         out = model(**batch)
         assert torch.isfinite(out.logits).all()
         out.logits.sum().backward()
         assert module.lora_B["default"].grad is None
+    # The forward hooks saw the pruned module's adapter branch never run, every other one once.
+    assert calls.never_ran() == pruned and sorted(set(calls.counts.values())) == [0, 1]
     assert module.lora_A["default"].requires_grad and not module.disable_adapters
     assert torch.isnan(model(**batch).logits).any()
+    assert calls.never_ran() == pruned  # the hooks are gone after the block
 
 
 def test_smoothing_by_hand():

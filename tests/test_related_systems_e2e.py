@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_RUN, run_launch
 from test_end_to_end import _same
 
-from fedmpi.analyze import load_run
+from fedmpi.analyze import family_counts, format_run, load_run, summarize
 
 # tiny-bert at batch 8 x 32 tokens (fedmpi.budgets): head only 4.05 MB, + 1 block 4.81 MB, + 2 blocks 5.56 MB.
 PROFILES = (
@@ -18,7 +18,8 @@ PROFILES = (
     " {name: laptop, share: 0.25}]"
 )
 LAYERS = ["strategy.name=layer_finetuning", PROFILES]
-FEDARA = ["strategy.name=fedara", "strategy.initial_rank=4", "strategy.target_rank=1",
+# target_rank 0.5: b_T = 3 triplets for 6 modules, so from round 3 at least 3 modules sit at rank 0.
+FEDARA = ["strategy.name=fedara", "strategy.initial_rank=4", "strategy.target_rank=0.5",
           "strategy.warmup_rounds=1", "strategy.final_rounds=1", "client.lr=0.02"]  # fmt: skip
 
 
@@ -59,7 +60,14 @@ def test_blocks_outside_n_c_have_exactly_zero_delta():
 
 
 def test_layer_finetuning_records_budgets_and_masks(tmp_path):
-    run = load_run(_launch(tmp_path, "layers", LAYERS))
+    # The backbone is chosen from a pool: MiniLM's 90 MB of weights fit no watch (mean n_c -inf), so
+    # tiny-bert wins although MiniLM is listed first and is the model.name given.
+    pool = ["model.name=minilm", "strategy.backbone_candidates=[minilm, tiny-bert]"]
+    proc = run_launch([*TINY_RUN, *LAYERS, *pool, f"output.dir={tmp_path}", "output.name=layers"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backbone: tiny-bert (mean n_c over the device classes at 20 samples/round: minilm -inf, tiny-bert 1." in proc.stdout
+    run = load_run(tmp_path / "layers.h5")
+    assert run.config["model"]["name"] == "tiny-bert" and run.config["strategy"]["backbone_candidates"] == ["minilm", "tiny-bert"]
     c = run.clients
     # watch: head only; phone: the last block; laptop: both blocks.
     expected = {0: [False, False], 1: [False, True], 2: [True, True]}
@@ -70,6 +78,16 @@ def test_layer_finetuning_records_budgets_and_masks(tmp_path):
     assert np.all(c["peak_memory_bytes"] > 0) and np.all(c["saved_activation_bytes"] >= 0)
     by_class = {k: c["upload_bytes_paper"][c["device_class"] == k] for k in (0, 1, 2)}
     assert all(by_class[0].max() < v.min() for v in (by_class[1], by_class[2]) if v.size and by_class[0].size)
+    # The profile table is in the file: 12 clients split 3 / 6 / 3, budgets as configured (NaN: unlimited).
+    d = run.devices
+    assert d["name"].tolist() == ["watch", "phone", "laptop"] and d["share"].tolist() == [0.25, 0.5, 0.25]
+    assert d["num_clients"].tolist() == [3, 6, 3] and d["memory_bytes"][:2].tolist() == [4.5e6, 5.0e6]
+    assert np.isnan(d["memory_bytes"][2]) and np.isnan(d["flops_per_round"]).all() and d["speed"].tolist() == [1.0] * 3
+    seen = {k: np.unique(c["client"][c["device_class"] == k]).size for k in (0, 1, 2)}
+    assert all(seen[k] <= d["num_clients"][k] for k in seen)
+    assert np.all(c["skipped_modules"] == -1)  # layer finetuning switches no adapter module off
+    text = format_run(summarize(run))
+    assert "devices" in text and "watch" in text and "unlimited" in text and "modules skipped" not in text
 
 
 def test_fedara_uploads_fall_with_the_budget(tmp_path):
@@ -77,11 +95,19 @@ def test_fedara_uploads_fall_with_the_budget(tmp_path):
     c = run.clients
     per_round = [c["upload_bytes_paper"][c["round"] == t].mean() for t in (1, 2, 3, 4)]
     kept = [int(c["group_mask"][c["round"] == t][0].sum()) for t in (1, 2, 3, 4)]
-    # 6 modules x r0 4 = 24 triplets -> b_T = 6: b(2) = int(18 * (1 - 1/2)^3 + 6) = 8, b(3) = b(4) = 6.
-    assert kept == [24, 8, 6, 6]
+    # 6 modules x r0 4 = 24 triplets -> b_T = 3: b(2) = int(21 * (1 - 1/2)^3 + 3) = 5, b(3) = b(4) = 3.
+    assert kept == [24, 5, 3, 3]
     assert per_round[0] > per_round[1] > per_round[2] == per_round[3]
     scores = c["importance"][c["round"] == 2]
     assert np.all(scores[:, ~c["group_mask"][c["round"] == 2][0]] == 0)  # masked triplets report nothing
+    # Modules at rank 0 (from the mask) are exactly those whose adapter branch the client's forward
+    # hooks never saw run: round 1 none, round 2 at least 1 (5 triplets, 6 modules), then at least 3.
+    at_zero = (family_counts(run) == 0).sum(axis=1)
+    np.testing.assert_array_equal(c["skipped_modules"], at_zero)
+    assert np.all(at_zero[c["round"] == 1] == 0) and np.all(at_zero[c["round"] == 2] >= 1)
+    assert np.all(at_zero[c["round"] >= 3] >= 3)
+    assert run.devices == {}  # no device classes declared: an empty table
+    assert "modules skipped / client-round" in format_run(summarize(run))
 
 
 FAULT_IN_ROUND_3 = """
@@ -114,5 +140,5 @@ def test_one_and_three_ranks_agree_under_heterogeneous_profiles(tmp_path, settin
     three = _launch(tmp_path, "three", settings, "server.num_rounds=3", ranks=3)
     _same(one, three)
     a, b = load_run(one).clients, load_run(three).clients
-    for col in ("device_class", "planned_memory_bytes", "group_mask", "importance"):
+    for col in ("device_class", "planned_memory_bytes", "skipped_modules", "group_mask", "importance"):
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)

@@ -151,6 +151,39 @@ def zero_rank_modules(groups: GroupMap, triplet_mask: np.ndarray) -> list[str]:
     return [f.name for f, a, b in zip(groups.families, offsets[:-1], offsets[1:]) if not mask[a:b].any()]
 
 
+class AdapterCalls:
+    """Counts, per SVD module, the forwards that ran its adapter branch (``with`` block only).
+
+    A forward hook on the module's ``lora_dropout`` entry, which peft's ``SVDLinear.forward``
+    calls only on the adapter branch (never when the adapters are disabled): a module whose
+    count stays 0 was left out of every forward, so it also got no backward.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._modules = svd_modules(model)
+        self.counts = dict.fromkeys(self._modules, 0)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> AdapterCalls:
+        for name, m in self._modules.items():
+            self._handles.append(m.lora_dropout[ADAPTER].register_forward_hook(self._counter(name)))
+        return self
+
+    def _counter(self, name: str):
+        def hook(*_: object) -> None:
+            self.counts[name] += 1
+
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def never_ran(self) -> list[str]:
+        return [name for name, n in self.counts.items() if n == 0]
+
+
 @contextmanager
 def modules_pruned(model: nn.Module, names: list[str]) -> Iterator[None]:
     """Within the block, the adapters of ``names`` are off: their forward is the base layer alone

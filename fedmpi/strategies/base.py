@@ -66,7 +66,8 @@ class LocalHooks:
 
     Entered after the trainer froze the parameters that do not train; ``after_backward``
     runs after each backward, once the train mask is applied to the gradients; ``scores``
-    is what the hooks measured (None: nothing), reported as the client's importance.
+    is what the hooks measured (None: nothing), reported as the client's importance;
+    ``skipped_modules`` how many modules they saw left out of every forward (-1: they switch none off).
     """
 
     def __enter__(self) -> LocalHooks:
@@ -80,6 +81,9 @@ class LocalHooks:
 
     def scores(self) -> np.ndarray | None:
         return None
+
+    def skipped_modules(self) -> int:
+        return -1
 
 
 class Strategy:

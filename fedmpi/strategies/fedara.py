@@ -21,7 +21,9 @@ from fedmpi.config import FedAraConfig, LoraConfig
 from fedmpi.aggregation import groupwise_mean
 from fedmpi.models.build import ModelBundle
 from fedmpi.models.groups import GroupMap
-from fedmpi.models.svd_adapters import TripletSensitivity, modules_pruned, triplet_groups, zero_rank_modules
+from fedmpi.models.svd_adapters import (
+    AdapterCalls, TripletSensitivity, modules_pruned, triplet_groups, zero_rank_modules,
+)
 from fedmpi.payload import ClientUpdate, densify
 from fedmpi.peft_methods.svd import SvdAdapters
 from fedmpi.rank_allocation import check_schedule, default_phases, rank_budget, top_triplets, weighted_scores
@@ -118,20 +120,27 @@ class RankAllocationServer:
 
 
 class TripletTraining(LocalHooks):
-    """A FedARA client's local training: rank-0 modules switched off, triplet sensitivity tracked."""
+    """A FedARA client's local training: rank-0 modules switched off, triplet sensitivity tracked,
+    and the modules whose adapter branch never ran counted (``skipped_modules``, recorded per client-round)."""
 
     def __init__(self, model: nn.Module, groups: GroupMap, trained: np.ndarray | None, beta1: float, beta2: float) -> None:
         self.model = model
         self.pruned = [] if trained is None else zero_rank_modules(groups, trained)
         self.sensitivity = TripletSensitivity(model, beta1, beta2)
+        self.calls = AdapterCalls(model)
 
     def __enter__(self) -> TripletTraining:
         self._pruning = modules_pruned(self.model, self.pruned)
         self._pruning.__enter__()
+        self.calls.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.calls.__exit__(*exc)
         self._pruning.__exit__(*exc)
+
+    def skipped_modules(self) -> int:
+        return len(self.calls.never_ran())
 
     def after_backward(self) -> None:
         self.sensitivity.update()
