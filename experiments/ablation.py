@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from runs import REPO, Job, run_jobs
+from sweep import REPO, Job, complete_paths, run_sweep
 
 from fedmpi.analyze import ResultFileError, format_table, load_run
 from fedmpi.config import ConfigError, load_config
@@ -141,10 +141,11 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     jobs = []
     for lr in args.lrs:
         for k in args.clients_per_round:
-            jobs.append(Job(f"{args.task}_protocol_lr{lr:g}_k{k}-s0",
+            jobs.append(Job(f"{args.task}_protocol_lr{lr:g}_k{k}-s0", None,
                             (*protocol_overrides(args, lr, k), *METHODS["B1"], "server.selection=random")))
     out = args.output_dir / "protocol"
-    files = run_jobs(jobs, out, parallel=args.jobs)
+    run_sweep(jobs, out, parallel=args.jobs)
+    files = complete_paths(jobs, out)
     rows = []
     for path in files:
         run = load_run(path)
@@ -167,14 +168,15 @@ def ablation_jobs(args: argparse.Namespace) -> list[Job]:
             if (error := accepted(overrides)) is not None:
                 print(f"skipped {args.task} {method} / {selection}: {error}")
                 continue
-            jobs += [Job(job_name(args.task, method, selection, seed), (*overrides, f"seed={seed}"))
+            jobs += [Job(job_name(args.task, method, selection, seed), None, (*overrides, f"seed={seed}"))
                      for seed in args.seeds]
     return jobs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     jobs = ablation_jobs(args)
-    files = run_jobs(jobs, args.output_dir / args.task, parallel=args.jobs)
+    run_sweep(jobs, args.output_dir / args.task, parallel=args.jobs)
+    files = complete_paths(jobs, args.output_dir / args.task)
     print(f"{len(files)} of {len(jobs)} runs complete in {args.output_dir / args.task}")
     return 0 if len(files) == len(jobs) else 1
 

@@ -17,20 +17,16 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `python experiments/aggregators.py` from a checkout without an install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import REPO, Job, is_complete, run_sweep  # noqa: E402
 
-from fedmpi.analyze import ResultFileError, format_table, load_run, summarize  # noqa: E402
+from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
 from fedmpi.config import ConfigError, load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "cpu" / "aggregators.yaml"
@@ -66,36 +62,6 @@ def variant_error(name: str, args: argparse.Namespace) -> str | None:
     except ConfigError as exc:
         return str(exc).replace("\n", " ")
     return None
-
-
-def is_complete(path: Path) -> bool:
-    try:
-        return load_run(path).complete
-    except ResultFileError:
-        return False
-
-
-def launch_command(name: str, seed: int, args: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, "-m", "fedmpi.launch", "--config", str(CONFIG), *VARIANTS[name][1], f"seed={seed}",
-           f"output.dir={args.output_dir}", f"output.name={name}-s{seed}", "output.overwrite=true"]  # fmt: skip
-    if args.jobs > 1:  # concurrent runs share the cores
-        cmd.append(f"runtime.num_threads={max(1, (os.cpu_count() or 1) // args.jobs)}")
-    return cmd + args.overrides
-
-
-def run_one(name: str, seed: int, args: argparse.Namespace) -> bool:
-    path = args.output_dir / f"{name}-s{seed}.h5"
-    if is_complete(path):
-        print(f"{name}-s{seed}: complete result exists, skipped", flush=True)
-        return True
-    start = time.perf_counter()
-    with path.with_suffix(".log").open("w") as out:
-        code = subprocess.call(launch_command(name, seed, args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    ok = code == 0 and is_complete(path)
-    status = "done" if ok else f"FAILED (exit {code}); see {path.with_suffix('.log')}"
-    print(f"{name}-s{seed}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
-    return ok
 
 
 def run_summary(name: str, path: Path) -> dict[str, Any]:
@@ -181,12 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: skipped, this fedmpi rejects its config: {error}", flush=True)
         else:
             runnable.append(name)
-    jobs = [(name, seed) for seed in args.seeds for name in runnable]
-    failed = 0
-    if not args.table_only:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            failed = list(pool.map(lambda job: run_one(*job, args), jobs)).count(False)
-    summaries = [run_summary(n, p) for n, s in jobs if is_complete(p := args.output_dir / f"{n}-s{s}.h5")]
+    jobs = [Job(f"{name}-s{seed}", CONFIG, (*VARIANTS[name][1], f"seed={seed}"), {"variant": name})
+            for seed in args.seeds for name in runnable]
+    failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, parallel=args.jobs, overrides=args.overrides)
+    summaries = [run_summary(job.labels["variant"], path) for job in jobs
+                 if is_complete(path := args.output_dir / f"{job.name}.h5")]
     if not summaries:
         print(f"no complete result files in {args.output_dir}")
         return 1

@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runs import REPO, Job, run_jobs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import REPO, Job, complete_paths, run_sweep  # noqa: E402
 
 CPU = REPO / "configs" / "cpu"
 CELLS = {f"{m}_{s}": CPU / f"table1_{m}_{s}.yaml" for m in ("b1", "b2", "ours") for s in ("random", "loss")}
@@ -27,21 +28,20 @@ ALPHAS = (0.1, 0.5, 1.0, 10.0)
 
 
 def fig3_jobs(seeds: list[int]) -> list[Job]:
-    return [Job(f"{cell}-s{seed}", ("--config", str(cfg), f"seed={seed}")) for seed in seeds for cell, cfg in CELLS.items()]
+    return [Job(f"{cell}-s{seed}", cfg, (f"seed={seed}",)) for seed in seeds for cell, cfg in CELLS.items()]
 
 
 def fig4_jobs(seeds: list[int]) -> list[Job]:
-    jobs = [Job(f"b1-s{seed}", ("--config", str(CELLS["b1_random"]), f"seed={seed}")) for seed in seeds]
-    jobs += [Job(f"ours-sp{int(100 * sp)}-s{seed}", ("--config", str(CELLS["ours_random"]), f"seed={seed}",
-                                                    f"strategy.sparsity={sp}"))
+    jobs = [Job(f"b1-s{seed}", CELLS["b1_random"], (f"seed={seed}",)) for seed in seeds]
+    jobs += [Job(f"ours-sp{int(100 * sp)}-s{seed}", CELLS["ours_random"], (f"seed={seed}", f"strategy.sparsity={sp}"))
              for seed in seeds for sp in SPARSITIES if sp > 0]
     return jobs
 
 
 def fig5_jobs(seeds: list[int]) -> list[Job]:
-    base = ("--config", str(CELLS["ours_loss"]))
-    return [Job(f"ours-iid-s{seed}", (*base, f"seed={seed}")) for seed in seeds[:1]] + [
-        Job(f"ours-dir0.1-s{seed}", (*base, f"seed={seed}", "data.partition=dirichlet", "data.dirichlet_alpha=0.1"))
+    cfg = CELLS["ours_loss"]
+    return [Job(f"ours-iid-s{seed}", cfg, (f"seed={seed}",)) for seed in seeds[:1]] + [
+        Job(f"ours-dir0.1-s{seed}", cfg, (f"seed={seed}", "data.partition=dirichlet", "data.dirichlet_alpha=0.1"))
         for seed in seeds[:1]]
 
 
@@ -49,10 +49,10 @@ def table5_jobs(seeds: list[int]) -> list[Job]:
     jobs = []
     for seed in seeds:
         for method in ("b1", "b2", "ours"):
-            cfg = str(CELLS[f"{method}_loss"])
-            jobs.append(Job(f"{method}-iid-s{seed}", ("--config", cfg, f"seed={seed}")))
-            jobs += [Job(f"{method}-dir{a:g}-s{seed}", ("--config", cfg, f"seed={seed}", "data.partition=dirichlet",
-                                                       f"data.dirichlet_alpha={a}")) for a in ALPHAS]
+            cfg = CELLS[f"{method}_loss"]
+            jobs.append(Job(f"{method}-iid-s{seed}", cfg, (f"seed={seed}",)))
+            jobs += [Job(f"{method}-dir{a:g}-s{seed}", cfg, (f"seed={seed}", "data.partition=dirichlet",
+                                                             f"data.dirichlet_alpha={a}")) for a in ALPHAS]
     return jobs
 
 
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (the cores are split between them)")
     args = parser.parse_args(argv)
     out = args.output_dir / args.figure
-    files = run_jobs(JOBS[args.figure](args.seeds), out, parallel=args.jobs, extra=extra)
+    jobs = JOBS[args.figure](args.seeds)
+    run_sweep(jobs, out, parallel=args.jobs, overrides=extra)
+    files = complete_paths(jobs, out)
     if not files:
         return 1
     cmd = [sys.executable, "-m", "fedmpi.analyze", args.figure, *map(str, files), "--out", str(out / f"{args.figure}.png")]

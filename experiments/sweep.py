@@ -3,7 +3,8 @@
 A ``Job`` is one ``python -m fedmpi.launch`` run (a config file plus overrides) writing
 <output-dir>/<name>.h5 and a .log beside it. ``run_sweep`` runs jobs a few at a time and skips
 those whose complete result file exists, so an interrupted sweep resumes where it stopped.
-The statistics are pure: per-seed values in, mean, spread and paired differences with a
+It is the one runner of the experiment scripts (table1/3/4, ablation, aggregators, related
+systems). The statistics are pure: per-seed values in, mean, spread and paired differences with a
 t-based 95% confidence interval out.
 """
 
@@ -44,6 +45,11 @@ def is_complete(path: Path) -> bool:
         return load_run(path).complete
     except ResultFileError:
         return False
+
+
+def complete_paths(jobs: Sequence[Job], output_dir: Path) -> list[Path]:
+    """The jobs' complete result files, in job order."""
+    return [p for job in jobs if is_complete(p := output_dir / f"{job.name}.h5")]
 
 
 def launch_command(job: Job, output_dir: Path, *, ranks: int = 1, threads: int | None = None,

@@ -1,4 +1,4 @@
-"""Shared test helpers: where the real data lives, and how to run fedmpi under mpiexec."""
+"""Shared test helpers: where the real data lives, and how to run fedmpi in this process or under mpiexec."""
 
 from __future__ import annotations
 
@@ -45,3 +45,25 @@ def run_launch(args: list[str], *, ranks: int | None = None, timeout: int = 300)
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_here(args: list[str]) -> Path:
+    """The one-process run of ``python -m fedmpi.launch args``, in this process: the result file's path.
+
+    The same loop as the launcher's (fedmpi.simulation.run on the single-process comm), without a
+    fresh interpreter importing torch again; for tests that compare results, not the launcher's
+    messages or exit codes. Restores the thread count and determinism the run sets.
+    """
+    import torch
+
+    from fedmpi.comm import LocalComm
+    from fedmpi.config import load_config
+    from fedmpi.progress import Progress
+    from fedmpi.simulation import run
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        return run(load_config(None, args), LocalComm(), Progress(enabled=False))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)

@@ -1,4 +1,8 @@
-"""The whole path, config to HDF5, in one process and under mpiexec: results agree bit for bit."""
+"""The whole path, config to HDF5, in one process and under mpiexec: results agree bit for bit.
+
+The one-process runs happen in this process (conftest.run_here), once per setting for the module;
+the multi-rank runs go through ``mpiexec python -m fedmpi.launch``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA, TINY_RUN, run_launch
+from conftest import REPO, SHARED_DATA, TINY_RUN, run_here, run_launch
 
 from fedmpi import results_schema as S
 from fedmpi.analyze import load_run, summarize
@@ -32,6 +36,19 @@ def _run(tmp_path, name, settings, ranks):
     return tmp_path / f"{name}.h5", proc.stdout
 
 
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """setting -> its one-process result file, each run once for the whole module."""
+    out, files = tmp_path_factory.mktemp("one_rank"), {}
+
+    def get(setting):
+        if setting not in files:
+            files[setting] = run_here([*TINY_RUN, *SETTINGS[setting], f"output.dir={out}", f"output.name={setting}"])
+        return files[setting]
+
+    return get
+
+
 def _same(a, b):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         for col in ("round", "train_loss", "eval_loss", "eval_metric", "upload_bytes_paper", "ops"):
@@ -46,11 +63,11 @@ def _same(a, b):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("setting", ["fedavg-random", "pruning-loss"])
-def test_one_two_three_ranks_agree_bit_for_bit(tmp_path, setting):
-    one, out = _run(tmp_path, "one", SETTINGS[setting], ranks=None)
-    assert "round 2/2" in out and "results:" in out
+def test_one_two_three_ranks_agree_bit_for_bit(tmp_path, one_rank, setting):
+    one = one_rank(setting)
     for ranks in (2, 3):
-        many, _ = _run(tmp_path, f"n{ranks}", SETTINGS[setting], ranks=ranks)
+        many, out = _run(tmp_path, f"n{ranks}", SETTINGS[setting], ranks=ranks)
+        assert "round 2/2" in out and "results:" in out
         _same(one, many)
         with h5py.File(many) as f:
             assert f.attrs[S.ATTR_NUM_RANKS] == ranks
@@ -62,18 +79,17 @@ def test_one_two_three_ranks_agree_bit_for_bit(tmp_path, setting):
 def test_clients_per_step_and_eval_subset_agree_across_rank_counts(tmp_path):
     """Step groups are cut from the whole selection, so 1 and 3 ranks train the same groups."""
     settings = [*SETTINGS["pruning-loss"], "runtime.clients_per_step=2", "peft.lora.dropout=0", "server.eval_samples=40"]
-    one, out = _run(tmp_path, "one", settings, ranks=None)
+    one = run_here([*TINY_RUN, *settings, f"output.dir={tmp_path}", "output.name=one"])
+    three, out = _run(tmp_path, "three", settings, ranks=3)
     assert "2 client(s) per step" in out
-    three, _ = _run(tmp_path, "three", settings, ranks=3)
     _same(one, three)
     with h5py.File(one) as f:
         assert np.all(np.isnan(f["clients/device_seconds"][:])) and np.all(f["clients/peak_memory_bytes"][:] > 0)  # CPU
 
 
 @pytest.mark.parametrize("setting", ["pruning-pre-train", "random-pruning"])
-def test_pruning_variants_run_and_record_heads(tmp_path, setting):
-    path, _ = _run(tmp_path, setting, SETTINGS[setting], ranks=None)
-    run = load_run(path)
+def test_pruning_variants_run_and_record_heads(one_rank, setting):
+    run = load_run(one_rank(setting))
     assert run.complete
     masks = run.clients["group_mask"]
     assert masks.shape[1] == run.attrs["num_groups_total"] > 0
@@ -83,9 +99,8 @@ def test_pruning_variants_run_and_record_heads(tmp_path, setting):
     assert np.all(dense > 0)
 
 
-def test_result_file_layout_and_analyze(tmp_path):
-    path, out = _run(tmp_path, "layout", SETTINGS["pruning-loss"], ranks=None)
-    run = load_run(path)
+def test_result_file_layout_and_analyze(one_rank):
+    run = load_run(one_rank("pruning-loss"))
     assert run.attrs["status"] == "complete"
     assert run.config["strategy"]["name"] == "head_pruning"
     np.testing.assert_array_equal(run.rounds["round"], [0, 1, 2])
@@ -101,10 +116,9 @@ def test_result_file_layout_and_analyze(tmp_path):
 
 
 @pytest.mark.mpi
-def test_pure_server_rank_matches_training_rank_zero(tmp_path):
-    one, _ = _run(tmp_path, "one", SETTINGS["fedavg-random"], ranks=None)
+def test_pure_server_rank_matches_training_rank_zero(tmp_path, one_rank):
     served, _ = _run(tmp_path, "served", [*SETTINGS["fedavg-random"], "server.trains_clients=false"], ranks=3)
-    _same(one, served)
+    _same(one_rank("fedavg-random"), served)
 
 
 def test_generation_on_real_e2e_data(tmp_path):
@@ -115,8 +129,7 @@ def test_generation_on_real_e2e_data(tmp_path):
         "data.max_train_samples=120", "data.max_eval_samples=16", "data.max_target_length=16",
         "strategy.name=head_pruning", "server.num_rounds=1",
     ]  # fmt: skip
-    path, out = _run(tmp_path, "gen", args, ranks=None)
-    run = load_run(path)
+    run = load_run(run_here([*args, f"output.dir={tmp_path}", "output.name=gen"]))
     assert run.attrs["metric"] == "rougeL" and run.attrs["task_kind"] == "generation"
     assert np.all(np.isfinite(run.rounds["eval_loss"])) and np.all(run.rounds["eval_metric"] >= 0)
     assert {"encoder_self", "decoder_self", "cross"} <= set(run.groups["family_kinds"].tolist())

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_RUN, run_launch
+from conftest import REPO, TINY_RUN, run_here
 
 from fedmpi import results_schema as rs
 from fedmpi.analyze import load_run, main
@@ -24,13 +24,8 @@ RUNS = {
 @pytest.fixture(scope="module")
 def result_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
-    files = {}
-    for name, settings in RUNS.items():
-        proc = run_launch([*TINY_RUN, "server.num_clients_per_round=2", *settings, f"output.dir={out}",
-                           f"output.name={name}"])
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        files[name] = out / f"{name}.h5"
-    return files
+    return {name: run_here([*TINY_RUN, "server.num_clients_per_round=2", *settings, f"output.dir={out}", f"output.name={name}"])
+            for name, settings in RUNS.items()}
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_RUN, run_launch
+from conftest import TINY_RUN, run_here, run_launch
 
 from fedmpi import results_schema as rs
 from fedmpi.client import LocalTrainer
@@ -59,11 +59,10 @@ OPTIONS = ["strategy.name=head_pruning", "strategy.sparsity=0.5", "strategy.scor
 @pytest.mark.slow
 def test_uploaded_scores_agree_on_one_and_two_ranks(tmp_path) -> None:
     files = {}
-    for ranks in (None, 2):
-        name = f"uploaded-{ranks}"
-        proc = run_launch([*TINY_RUN, *OPTIONS, f"output.dir={tmp_path}", f"output.name={name}"], ranks=ranks)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        files[ranks] = tmp_path / f"{name}.h5"
+    files[None] = run_here([*TINY_RUN, *OPTIONS, f"output.dir={tmp_path}", "output.name=uploaded-None"])
+    proc = run_launch([*TINY_RUN, *OPTIONS, f"output.dir={tmp_path}", "output.name=uploaded-2"], ranks=2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files[2] = tmp_path / "uploaded-2.h5"
     with h5py.File(files[None]) as one, h5py.File(files[2]) as two:
         np.testing.assert_array_equal(one[rs.GROUP_CLIENTS][rs.CLIENT_IMPORTANCE][:],
                                       two[rs.GROUP_CLIENTS][rs.CLIENT_IMPORTANCE][:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY_RUN, run_launch
+from conftest import TINY_RUN, run_here, run_launch
 
 from fedmpi import results_schema as S
 
@@ -16,7 +16,10 @@ IA3_PRUNING = ["peft.method=ia3", "strategy.name=head_pruning", "strategy.sparsi
 
 
 def _run(tmp_path, name, ranks):
-    proc = run_launch([*TINY_RUN, *IA3_PRUNING, f"output.dir={tmp_path}", f"output.name={name}"], ranks=ranks, timeout=600)
+    args = [*TINY_RUN, *IA3_PRUNING, f"output.dir={tmp_path}", f"output.name={name}"]
+    if ranks is None:  # one process: in this one
+        return run_here(args)
+    proc = run_launch(args, ranks=ranks, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp_path / f"{name}.h5"
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN, run_launch
+from conftest import TINY_RUN, run_here, run_launch
 from test_end_to_end import _same
 
 from fedmpi.analyze import family_counts, format_run, load_run, summarize
@@ -24,9 +24,18 @@ FEDARA = ["strategy.name=fedara", "strategy.initial_rank=4", "strategy.target_ra
 
 
 def _launch(tmp_path, name, settings, *extra, ranks=None):
-    proc = run_launch([*TINY_RUN, *settings, f"output.dir={tmp_path}", f"output.name={name}", *extra], ranks=ranks)
+    args = [*TINY_RUN, *settings, f"output.dir={tmp_path}", f"output.name={name}", *extra]
+    if ranks is None:  # one process: in this one
+        return run_here(args)
+    proc = run_launch(args, ranks=ranks)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp_path / f"{name}.h5"
+
+
+@pytest.fixture(scope="module")
+def fedara_4_rounds(tmp_path_factory):
+    """FedARA over its whole 4-round schedule, run once for the module."""
+    return _launch(tmp_path_factory.mktemp("fedara"), "whole", FEDARA, "server.num_rounds=4")
 
 
 def test_blocks_outside_n_c_have_exactly_zero_delta():
@@ -90,8 +99,8 @@ def test_layer_finetuning_records_budgets_and_masks(tmp_path):
     assert "devices" in text and "watch" in text and "unlimited" in text and "modules skipped" not in text
 
 
-def test_fedara_uploads_fall_with_the_budget(tmp_path):
-    run = load_run(_launch(tmp_path, "fedara", FEDARA, "server.num_rounds=4"))
+def test_fedara_uploads_fall_with_the_budget(fedara_4_rounds):
+    run = load_run(fedara_4_rounds)
     c = run.clients
     per_round = [c["upload_bytes_paper"][c["round"] == t].mean() for t in (1, 2, 3, 4)]
     kept = [int(c["group_mask"][c["round"] == t][0].sum()) for t in (1, 2, 3, 4)]
@@ -121,15 +130,14 @@ w.Worker.train_group = failing
 """
 
 
-def test_fedara_resume_mid_schedule_is_bit_identical(tmp_path, monkeypatch):
-    whole = _launch(tmp_path, "whole", FEDARA, "server.num_rounds=4")
+def test_fedara_resume_mid_schedule_is_bit_identical(tmp_path, monkeypatch, fedara_4_rounds):
     (tmp_path / "sitecustomize.py").write_text(FAULT_IN_ROUND_3)
     with monkeypatch.context() as m:
         m.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         failed = run_launch([*TINY_RUN, *FEDARA, "server.num_rounds=4", f"output.dir={tmp_path}", "output.name=parts"])
     assert failed.returncode != 0 and load_run(tmp_path / "parts.h5").attrs["status"] == "failed"
     _launch(tmp_path, "parts", FEDARA, "server.num_rounds=4", "output.resume=true")
-    _same(whole, tmp_path / "parts.h5")
+    _same(fedara_4_rounds, tmp_path / "parts.h5")
 
 
 @pytest.mark.mpi

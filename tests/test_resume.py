@@ -11,7 +11,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, TINY_RUN, run_launch
+from conftest import REPO, TINY_RUN, run_here, run_launch
 from test_end_to_end import _same
 from test_failures import FAULT
 
@@ -25,13 +25,19 @@ def _launch(tmp_path, name, *extra, ranks=None):
     return proc
 
 
-def test_extending_a_finished_run_equals_running_longer(tmp_path):
-    assert _launch(tmp_path, "whole", "server.num_rounds=3").returncode == 0
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The 3-round run without a stop, in this process, once: what every resumed run must equal."""
+    out = tmp_path_factory.mktemp("whole")
+    return run_here([*SETTINGS, "server.num_rounds=3", f"output.dir={out}", "output.name=whole"])
+
+
+def test_extending_a_finished_run_equals_running_longer(tmp_path, whole):
     assert _launch(tmp_path, "parts", "server.num_rounds=1").returncode == 0
     proc = _launch(tmp_path, "parts", "server.num_rounds=3", "output.resume=true")
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout
-    _same(tmp_path / "whole.h5", tmp_path / "parts.h5")
+    _same(whole, tmp_path / "parts.h5")
     with h5py.File(tmp_path / "parts.h5") as f:
         assert f.attrs["status"] == "complete" and f.attrs["num_ranks"] == 1
         assert list(f.attrs["resumed_num_ranks"]) == [1] and len(f.attrs["resumed_at"]) == 1
@@ -40,8 +46,7 @@ def test_extending_a_finished_run_equals_running_longer(tmp_path):
 
 
 @pytest.mark.mpi
-def test_resume_after_a_failure_on_another_rank_count(tmp_path, monkeypatch):
-    assert _launch(tmp_path, "whole", "server.num_rounds=3").returncode == 0
+def test_resume_after_a_failure_on_another_rank_count(tmp_path, monkeypatch, whole):
     (tmp_path / "sitecustomize.py").write_text(FAULT)  # rank 1 fails in round 2
     with monkeypatch.context() as m:
         m.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -50,14 +55,14 @@ def test_resume_after_a_failure_on_another_rank_count(tmp_path, monkeypatch):
     assert load_run(tmp_path / "broken.h5").attrs["status"] == "failed"
     proc = _launch(tmp_path, "broken", "server.num_rounds=3", "output.resume=true")  # one process now
     assert proc.returncode == 0, proc.stderr
-    _same(tmp_path / "whole.h5", tmp_path / "broken.h5")
+    _same(whole, tmp_path / "broken.h5")
     broken = load_run(tmp_path / "broken.h5")
     assert broken.attrs["num_ranks"] == 2 and list(broken.attrs["resumed_num_ranks"]) == [1]  # the first run's ranks kept
     assert np.array_equal(load_run(tmp_path / "broken.h5").rounds["round"], [0, 1, 2, 3])
 
 
 def test_resume_refuses_a_different_experiment(tmp_path):
-    assert _launch(tmp_path, "run", "server.num_rounds=1").returncode == 0
+    run_here([*SETTINGS, "server.num_rounds=1", f"output.dir={tmp_path}", "output.name=run"])
     proc = _launch(tmp_path, "run", "server.num_rounds=2", "output.resume=true", "client.lr=0.1")
     assert proc.returncode != 0 and "config differs from the run being resumed in client.lr" in proc.stderr
     assert load_run(tmp_path / "run.h5").complete  # untouched
@@ -84,8 +89,7 @@ r.write_checkpoint = dying
 """
 
 
-def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monkeypatch):
-    assert _launch(tmp_path, "whole", "server.num_rounds=3").returncode == 0
+def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monkeypatch, whole):
     (tmp_path / "sitecustomize.py").write_text(KILL_IN_CHECKPOINT)
     with monkeypatch.context() as m:
         m.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -97,7 +101,7 @@ def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monke
     proc = _launch(tmp_path, "killed", "server.num_rounds=3", "output.resume=true")
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout and "after round 1" in proc.stdout
-    _same(tmp_path / "whole.h5", tmp_path / "killed.h5")
+    _same(whole, tmp_path / "killed.h5")
 
 
 def test_sigterm_marks_the_file_failed_and_a_reader_can_follow_the_run(tmp_path):
