@@ -143,6 +143,34 @@ def test_hetlora_and_flexlora_with_two_client_ranks(tmp_path, monkeypatch, model
                 np.testing.assert_allclose(now, (u[:, :4] * sv[:4]) @ vt[:4], rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ffa_lora", "fedex_lora"])
+def test_head_pruning_inside_a_lora_strategy(tmp_path, monkeypatch, name):
+    """strategy.head_pruning on a real round: each client sends only its top half of the heads' B rows, scored
+    while training (Eq. 6), and each head's rows combine over the clients that kept it, weighted by those scores."""
+    seen = one_round(tmp_path, monkeypatch, "tiny-bert", f"strategy.name={name}", "strategy.head_pruning.sparsity=0.5")
+    s, p = seen["strategy"], weights(seen)
+    num_heads = s.pruning.num_heads
+    kept = np.stack([u.group_mask[:num_heads] for u in seen["updates"]])
+    assert (kept.sum(1) == num_heads // 2).all()
+    alpha = np.stack([u.scores[:num_heads] for u in seen["updates"]]).astype(np.float64) * kept
+    assert (alpha[kept] > 0).all()
+    w = np.divide(alpha, alpha.sum(0), out=np.zeros_like(alpha), where=alpha.sum(0) > 0)
+    sent = [seen["params"].astype(np.float64) + densify(u, s.groups.group_index) for u in seen["updates"]]
+    for m, (f, now) in enumerate(zip(s.factors, global_products(seen))):
+        heads = s.groups.group_index[f.b].reshape(f.d_out, f.rank)[:, 0]
+        if name == "fedex_lora":
+            now = now + frozen_change(seen, f, base_slices(s.factors)[m])
+        else:
+            for x in sent:  # FFA-LoRA sends no A
+                np.testing.assert_array_equal(f.split(x)[0], f.split(seen["params"].astype(np.float64))[0])
+        for i, h in enumerate(heads):
+            if not kept[:, h].any():
+                continue
+            want = sum(w[c, h] * f.scaling * f.split(x)[1][i] @ f.split(x)[0] for c, x in enumerate(sent))
+            np.testing.assert_allclose(now[i], want, rtol=1e-4, atol=1e-6)
+
+
 def test_fedprox_at_mu_zero_is_fedavg_bit_for_bit(tmp_path):
     common = [*TINY_RUN, *ROUND, "model.name=tiny-bert", f"output.dir={tmp_path}"]
     paths = [run(load_config(None, [*common, f"output.name={n}", *extra]), LocalComm(), Progress(enabled=False))
