@@ -32,7 +32,11 @@ from fedmpi.config import ConfigError, load_config  # noqa: E402
 CONFIG = REPO / "configs" / "cpu" / "aggregators.yaml"
 HETERO_RANKS = ["strategy.ranks=[2,4,8]", "strategy.shares=[0.4,0.3,0.3]"]  # lora.rank 8 = the largest class
 # name -> (label, overrides). Head pruning applies where heads own B rows that a client can drop:
-# FedAvg/FedIT (B2 and the paper's method).
+# FedAvg/FedIT (strategy head_pruning: B2 and the paper's method; FedIT + strategy.head_pruning is the
+# same rule, so it is not run twice) and, through the strategy.head_pruning sub-section, FFA-LoRA,
+# RoLoRA, FLoRA and FedEx-LoRA. HetLoRA, FlexLoRA and FedSA-LoRA refuse it (the config error says why).
+PRUNED = ["strategy.head_pruning.sparsity=0.5", "strategy.head_pruning.pruning=importance",
+          "strategy.head_pruning.weighting=importance"]  # fmt: skip
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fedavg": ("FedAvg (all trainable)", ["strategy.name=fedavg"]),
     "fedavg_pruned": ("FedAvg + importance head pruning (paper)", [
@@ -42,9 +46,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fedit": ("FedIT", ["strategy.name=fedit"]),
     "fedit_uniform": ("FedIT, uniform mean", ["strategy.name=fedit", "strategy.weighting=uniform"]),
     "ffa_lora": ("FFA-LoRA", ["strategy.name=ffa_lora"]),
+    "ffa_lora_pruned": ("FFA-LoRA + importance head pruning", ["strategy.name=ffa_lora", *PRUNED]),
     "rolora": ("RoLoRA", ["strategy.name=rolora"]),
+    "rolora_pruned": ("RoLoRA + importance head pruning", ["strategy.name=rolora", *PRUNED]),
     "flora": ("FLoRA", ["strategy.name=flora"]),
+    "flora_pruned": ("FLoRA + importance head pruning", ["strategy.name=flora", *PRUNED]),
     "fedex_lora": ("FedEx-LoRA", ["strategy.name=fedex_lora"]),
+    "fedex_lora_pruned": ("FedEx-LoRA + importance head pruning", ["strategy.name=fedex_lora", *PRUNED]),
     "hetlora": ("HetLoRA (ranks 2/4/8)", ["strategy.name=hetlora", *HETERO_RANKS]),
     "flexlora": ("FlexLoRA (ranks 2/4/8)", ["strategy.name=flexlora", *HETERO_RANKS]),
     "fedsa_lora": ("FedSA-LoRA", ["strategy.name=fedsa_lora"]),

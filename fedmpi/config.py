@@ -8,7 +8,7 @@ resolved tree is stored in the result file (``Config.to_yaml``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -138,15 +138,15 @@ class FedAvgConfig(_Section):
     name: Literal["fedavg"] = "fedavg"
 
 
-class HeadPruningConfig(_Section):
-    """The paper's method (importance pruning, Eq. 7-8) and baseline B2 (random pruning)."""
+class HeadPruningOptions(_Section):
+    """How the paper's head pruning chooses, weights and scores heads (Eq. 6-8); shared by ``head_pruning``
+    and the ``head_pruning`` sub-section of the federated-LoRA strategies."""
 
-    name: Literal["head_pruning"] = "head_pruning"
+    _key: ClassVar[str] = "strategy."  # where these keys live, for the messages
     sparsity: float = Field(0.9, ge=0, lt=1)  # share of a client's groups (heads) not uploaded
     pruning: Literal["importance", "random"] = "importance"
     mask_timing: Literal["post_train", "pre_train"] = "post_train"
     weighting: Literal["importance", "samples"] = "importance"
-    eps: float = Field(1e-8, gt=0)
     # Eq. 6 options (README "The method"): which tokens' columns are zeroed, which model is scored,
     # how many leading queries of causal self-attention are skipped; and whether pruned heads are computed.
     importance_exclude: Literal["eos", "eos+bos", "special"] = "eos"
@@ -155,21 +155,51 @@ class HeadPruningConfig(_Section):
     pruned_heads: Literal["frozen", "removed"] = "frozen"
 
     @model_validator(mode="after")
-    def _weighting_needs_scores(self) -> HeadPruningConfig:
+    def _weighting_needs_scores(self) -> HeadPruningOptions:
+        k = self._key
         if self.pruning == "random" and self.weighting == "importance":
             raise ValueError(
-                "strategy.weighting=importance needs strategy.pruning=importance "
-                "(random pruning measures no importance); use strategy.weighting=samples"
+                f"{k}weighting=importance needs {k}pruning=importance "
+                f"(random pruning measures no importance); use {k}weighting=samples"
             )
         if self.pruned_heads == "removed" and self.mask_timing != "pre_train":
             raise ValueError(
-                "strategy.pruned_heads=removed needs strategy.mask_timing=pre_train: heads can only be left out of "
+                f"{k}pruned_heads=removed needs {k}mask_timing=pre_train: heads can only be left out of "
                 "the forward when the mask is known before training"
             )
         if self.score_on == "uploaded" and self.mask_timing == "pre_train":
             raise ValueError(
-                "strategy.score_on=uploaded scores the model after training, but strategy.mask_timing=pre_train "
+                f"{k}score_on=uploaded scores the model after training, but {k}mask_timing=pre_train "
                 "chooses the mask before it (from the received global model, in eval mode); use one of them"
+            )
+        return self
+
+
+class HeadPruningConfig(HeadPruningOptions):
+    """The paper's method (importance pruning, Eq. 7-8) and baseline B2 (random pruning)."""
+
+    name: Literal["head_pruning"] = "head_pruning"
+    eps: float = Field(1e-8, gt=0)
+
+
+class LoraHeadPruningConfig(HeadPruningOptions):
+    """``strategy.head_pruning`` of a federated-LoRA strategy: its clients prune heads the paper's way.
+
+    Each client keeps its top (1 - sparsity) heads (or a random share) and uploads only their
+    rows of B; the server combines each head's rows over the clients that kept it, weighted by
+    their scores (Eq. 8, ``weighting: importance``) or by the strategy's p_c (``samples``), inside
+    the strategy's own rule (``fedmpi/strategies/lora_pruning.py``).
+    """
+
+    _key: ClassVar[str] = "strategy.head_pruning."
+
+    @model_validator(mode="after")
+    def _heads_stay_in_the_forward(self) -> LoraHeadPruningConfig:
+        if self.pruned_heads == "removed":
+            raise ValueError(
+                "strategy.head_pruning.pruned_heads=removed is not available with the federated-LoRA strategies "
+                "(their groups add each LoRA module's A to the heads, and heads are removed by head id); "
+                "use strategy.head_pruning.pruned_heads=frozen"
             )
         return self
 
@@ -209,6 +239,8 @@ class _LoraMeanConfig(_Section):
     """The federated-LoRA strategies (fedmpi/strategies/lora_*.py): how clients are weighted."""
 
     weighting: Literal["samples", "uniform"] = "samples"  # p_c = |D_c| / sum |D|, or 1 / C
+    # The paper's head pruning inside the strategy's rule (fedmpi/strategies/lora_pruning.py); None: off.
+    head_pruning: LoraHeadPruningConfig | None = None
 
 
 class FedITConfig(_LoraMeanConfig):
@@ -246,6 +278,7 @@ class _RankedLoraConfig(_LoraMeanConfig):
 
     ranks: tuple[int, ...] = (2, 4, 8)  # the largest must not exceed peft.lora.rank (the global rank)
     shares: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)
+    _why_no_pruning: ClassVar[str]  # why head pruning does not combine with the method
 
     @model_validator(mode="after")
     def _classes(self) -> _RankedLoraConfig:
@@ -253,6 +286,8 @@ class _RankedLoraConfig(_LoraMeanConfig):
             raise ValueError(f"strategy.ranks and strategy.shares need one share per rank, got {self.ranks} / {self.shares}")
         if min(self.ranks) < 1 or min(self.shares) < 0 or abs(sum(self.shares) - 1) > 1e-6:
             raise ValueError("strategy.ranks must be >= 1 and strategy.shares >= 0 summing to 1")
+        if self.head_pruning is not None:
+            raise ValueError(f"strategy.head_pruning does not combine with strategy.name={self.name}: {self._why_no_pruning}")
         return self
 
 
@@ -260,12 +295,21 @@ class HetLoraConfig(_RankedLoraConfig):
     """HetLoRA: zero-pad every client to the global rank, weighted sum; client c trains its first r_c ranks."""
 
     name: Literal["hetlora"] = "hetlora"
+    _why_no_pruning: ClassVar[str] = (
+        "its unit is the rank triplet (a column of B across every head) and a head's is a block of B's rows across "
+        "every rank; the two cut each other, and the padded mean, which divides each rank by the weight of every "
+        "client, defines no per-head restriction"
+    )
 
 
 class FlexLoraConfig(_RankedLoraConfig):
     """FlexLoRA: the exact mean of the clients' products, truncated by SVD; client c takes r_c ranks."""
 
     name: Literal["flexlora"] = "flexlora"
+    _why_no_pruning: ClassVar[str] = (
+        "the server's truncated SVD mixes the rows of every head, so a head's result could not be restricted to "
+        "the clients that kept it"
+    )
 
 
 class FedSALoraConfig(_LoraMeanConfig):
@@ -279,6 +323,11 @@ class FedSALoraConfig(_LoraMeanConfig):
     def _disk_needs_a_folder(self) -> FedSALoraConfig:
         if self.store == "disk" and not self.store_dir:
             raise ValueError("strategy.store=disk needs strategy.store_dir (a folder on a file system rank 0 can write)")
+        if self.head_pruning is not None:
+            raise ValueError(
+                "strategy.head_pruning does not combine with strategy.name=fedsa_lora: B, the only factor heads own, "
+                "stays on each client and is never uploaded, so there is nothing per head to prune or combine"
+            )
         return self
 
 

@@ -8,12 +8,17 @@ peft (``fan_in_fan_out=True``) adds the transposed product; ``lora_delta`` is th
 that knows this, and every rule that yields a full-size matrix returns it in the base
 weight's own layout. Sums run over clients in the order given (client id order), in float64.
 
+Client weights are p_c (one per client) or, with head pruning, row weights: one per client
+and output row of B (shape (C, d_out)), each row over the clients that kept its head
+(``fedmpi/strategies/lora_pruning.py``). Row weights apply to B and to the products B_c A_c row
+by row (row i of B_c A_c is B_c[i] A_c); A is shared by every head and keeps p_c.
+
 | rule | returns |
 |---|---|
 | ``fedit`` (FedIT; RoLoRA's and FFA-LoRA's averages) | (sum p A, sum p B): inexact, the product of means |
 | ``flora`` | s * sum p_c B_c A_c, added to the frozen weight; adapters are then re-initialised |
 | ``fedex_lora`` | FedIT's means and the residual s * (sum p_c B_c A_c - B_mean A_mean) for the frozen weight |
-| ``hetlora`` | zero-pad every client to r_max and sum p_c; client c then takes the first r_c ranks |
+| ``hetlora`` | every client at the global scaling, zero-padded to r_max and summed with p_c; client c then takes the first r_c ranks |
 | ``flexlora`` | the best rank-r factors of sum p_c s_c B_c A_c (truncated SVD) |
 
 FlexLoRA splits the singular values evenly: B = U_r sqrt(S_r / s) and A = sqrt(S_r / s) V_r^T,
@@ -22,6 +27,14 @@ Because the truncated SVD is nested, the first r_c ranks of the rank-r_max resul
 rank-r_c truncation: one global r_max pair serves every client rank.
 HetLoRA's zero padding divides by the total weight of all clients, so a rank only large
 clients hold is shrunk by the share of small clients (the published rule).
+
+Per-client ranks and the scaling: a client of rank r_c trains as peft would train a rank-r_c
+adapter with the run's alpha, at s_c = alpha / r_c; the global factors (rank r_max) are read at
+s = alpha / r_max. FlexLoRA sums s_c B_c A_c directly. HetLoRA averages factors, so it first
+brings each client's factors to the global scaling: B_c -> (s_c / s) B_c, A_c unchanged (A keeps
+peft's init scale; s B' A = s_c B_c A_c), then pads and sums; a client receives the first r_c
+ranks with B times s / s_c (``to_scaling``). With one rank for every client this is FedIT.
+Averaging the raw factors instead would weigh a rank-r_c client's update by r_max / r_c too little.
 """
 
 from __future__ import annotations
@@ -45,13 +58,22 @@ def lora_delta(b: np.ndarray, a: np.ndarray, scaling: float, fan_in_fan_out: boo
 
 
 def weighted_sum(mats: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """sum_c p_c M_c in float64, clients in the order given."""
+    """sum_c p_c M_c in float64, clients in the order given; 2-D ``weights`` (C, rows) weigh row by row."""
+    weights = np.asarray(weights, np.float64)
     if len(mats) != len(weights) or not mats:
         raise ValueError(f"{len(mats)} matrices for {len(weights)} weights")
     total = np.zeros(mats[0].shape, dtype=np.float64)
     for w, m in zip(weights, mats):
-        total += w * np.asarray(m, np.float64)
+        m = np.asarray(m, np.float64)
+        if w.ndim and w.shape[0] != m.shape[0]:
+            raise ValueError(f"row weights for {w.shape[0]} rows, the matrix has {m.shape[0]}")
+        total += (w.reshape(-1, *[1] * (m.ndim - 1)) if w.ndim else w) * m
     return total
+
+
+def to_scaling(a: np.ndarray, b: np.ndarray, scaling: float, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """Factors at ``scaling`` re-expressed at ``target``: (A, B * scaling / target), the same s B A."""
+    return a, b * (scaling / target)
 
 
 def merged_delta(
@@ -59,28 +81,49 @@ def merged_delta(
 ) -> np.ndarray:
     """The exact average of the clients' updates, sum p_c s_c B_c A_c, in the base weight's layout."""
     scalings = np.broadcast_to(np.asarray(scalings, np.float64), (len(a_list),))
-    products = [lora_delta(b, a, s, fan_in_fan_out) for a, b, s in zip(a_list, b_list, scalings)]
-    return weighted_sum(products, weights)
+    products = [lora_delta(b, a, s) for a, b, s in zip(a_list, b_list, scalings)]  # (d_out, d_in): row weights fit
+    total = weighted_sum(products, weights)
+    return total.T if fan_in_fan_out else total
 
 
-def fedit(a_list: list[np.ndarray], b_list: list[np.ndarray], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FedIT: A and B averaged separately (FedAvg of the factors)."""
-    return weighted_sum(a_list, weights), weighted_sum(b_list, weights)
+def fedit(
+    a_list: list[np.ndarray], b_list: list[np.ndarray], weights: np.ndarray, b_weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """FedIT: A and B averaged separately (FedAvg of the factors); B by ``b_weights`` (row weights) if given."""
+    return weighted_sum(a_list, weights), weighted_sum(b_list, weights if b_weights is None else b_weights)
 
 
 def flora(
-    a_list: list[np.ndarray], b_list: list[np.ndarray], weights: np.ndarray, scaling: float, fan_in_fan_out: bool = False
+    a_list: list[np.ndarray],
+    b_list: list[np.ndarray],
+    weights: np.ndarray,
+    scaling: float,
+    fan_in_fan_out: bool = False,
+    b_weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """FLoRA: stacking [p_1 B_1 ... p_C B_C] [A_1; ...; A_C] is s * sum p_c B_c A_c: the base weight's update."""
-    return merged_delta(a_list, b_list, weights, scaling, fan_in_fan_out)
+    """FLoRA: stacking [p_1 B_1 ... p_C B_C] [A_1; ...; A_C] is s * sum p_c B_c A_c: the base weight's update.
+
+    With row weights (``b_weights``) row i is s * sum_c w_ci B_c[i] A_c: each head over the clients that kept it.
+    """
+    return merged_delta(a_list, b_list, weights if b_weights is None else b_weights, scaling, fan_in_fan_out)
 
 
 def fedex_lora(
-    a_list: list[np.ndarray], b_list: list[np.ndarray], weights: np.ndarray, scaling: float, fan_in_fan_out: bool = False
+    a_list: list[np.ndarray],
+    b_list: list[np.ndarray],
+    weights: np.ndarray,
+    scaling: float,
+    fan_in_fan_out: bool = False,
+    b_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FedEx-LoRA: (A_mean, B_mean, residual); W0 + residual + s B_mean A_mean = W0 + s sum p_c B_c A_c."""
-    a_mean, b_mean = fedit(a_list, b_list, weights)
-    exact = merged_delta(a_list, b_list, weights, scaling, fan_in_fan_out)
+    """FedEx-LoRA: (A_mean, B_mean, residual); W0 + residual + s B_mean A_mean = W0 + s sum p_c B_c A_c.
+
+    With row weights (``b_weights``, each row summing to 1 or to 0) B_mean and the exact mean are taken
+    row by row over those weights, A_mean over ``weights``; a row of zero weights has B_mean and residual 0.
+    """
+    row_weights = weights if b_weights is None else b_weights
+    a_mean, b_mean = fedit(a_list, b_list, weights, row_weights)
+    exact = merged_delta(a_list, b_list, row_weights, scaling, fan_in_fan_out)
     return a_mean, b_mean, exact - lora_delta(b_mean, a_mean, scaling, fan_in_fan_out)
 
 
@@ -100,9 +143,18 @@ def first_ranks(a: np.ndarray, b: np.ndarray, rank: int) -> tuple[np.ndarray, np
     return a[:rank], b[:, :rank]
 
 
-def hetlora(a_list: list[np.ndarray], b_list: list[np.ndarray], weights: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """HetLoRA: every client zero-padded to ``rank`` (r_max), then sum p_c of A and of B."""
-    padded = [zero_pad(a, b, rank) for a, b in zip(a_list, b_list)]
+def hetlora(
+    a_list: list[np.ndarray],
+    b_list: list[np.ndarray],
+    weights: np.ndarray,
+    rank: int,
+    scalings: np.ndarray | float = 1.0,
+    scaling: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """HetLoRA: every client's factors brought from its scaling s_c to the global ``scaling`` (``to_scaling``),
+    zero-padded to ``rank`` (r_max), then sum p_c of A and of B: global factors read at ``scaling``."""
+    scalings = np.broadcast_to(np.asarray(scalings, np.float64), (len(a_list),))
+    padded = [zero_pad(*to_scaling(a, b, float(s), scaling), rank) for a, b, s in zip(a_list, b_list, scalings)]
     return weighted_sum([a for a, _ in padded], weights), weighted_sum([b for _, b in padded], weights)
 
 

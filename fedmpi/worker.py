@@ -111,7 +111,7 @@ class Worker:
         for k, (ctx, result) in enumerate(zip(contexts, results)):
             scores = result.scores if result.scores is not None else measured[k]
             mask = strategy.upload_mask(ctx, scores, trained[k])
-            updates.append(self._update(ctx, indices[k], result, mask, scores))
+            updates.append(self._update(ctx, indices[k], result, mask, strategy.group_scores(scores)))
         return updates
 
     def _update(self, ctx: ClientContext, indices: np.ndarray, result: LocalResult, mask, scores) -> ClientUpdate:

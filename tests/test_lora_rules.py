@@ -113,6 +113,50 @@ def test_hetlora_pads_sums_and_truncates(weighting):
 
 
 @pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
+def test_hetlora_brings_every_client_to_the_global_scaling(weighting):
+    """alpha 3, ranks 2 and 4 (r_max 4): client c's update is (alpha / r_c) B_c A_c; the global one s = alpha / 4."""
+    p = lr.client_weights(WEIGHTINGS[weighting])
+    ranks, alpha = [2, 4, 2], 3.0
+    a_list, b_list = clients(ranks)
+    scalings = np.array([alpha / r for r in ranks])
+    a, b = lr.hetlora(a_list, b_list, p, 4, scalings, alpha / 4)
+    a_ref, b_ref = np.zeros((4, D_IN)), np.zeros((D_OUT, 4))
+    for pc, r, ac, bc in zip(p, ranks, a_list, b_list):
+        a_ref[:r] += pc * ac
+        b_ref[:, :r] += pc * (4 / r) * bc  # (alpha / r) B = (alpha / 4) (4 / r) B
+    np.testing.assert_allclose(a, a_ref, rtol=1e-12)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-12)
+    # With one rank for all clients HetLoRA is FedIT: the global weight is the product of the means at alpha / r.
+    a_list, b_list = clients([2, 2, 2])
+    a, b = lr.hetlora(a_list, b_list, p, 4, alpha / 2, alpha / 4)
+    a_mean, b_mean = lr.fedit(a_list, b_list, p)
+    np.testing.assert_allclose(alpha / 4 * b @ a, alpha / 2 * b_mean @ a_mean, rtol=1e-12)
+
+
+@pytest.mark.parametrize("conv1d", [False, True], ids=["linear", "conv1d"])
+def test_row_weights_combine_each_row_over_its_own_clients(conv1d):
+    """Head pruning's weights: rows 0-3 (one head) over clients 0 and 2, rows 4-6 over client 1 only."""
+    a_list, b_list = clients([3, 3, 3])
+    p = lr.client_weights([10, 30, 60])
+    rows = np.zeros((3, D_OUT))
+    rows[[0, 2], :4] = np.array([0.25, 0.75])[:, None]
+    rows[1, 4:] = 1.0
+    s, w0 = 0.5, base(conv1d)
+    a_mean, b_mean, residual = lr.fedex_lora(a_list, b_list, p, s, conv1d, rows)
+    np.testing.assert_allclose(a_mean, sum(pc * a for pc, a in zip(p, a_list)), rtol=1e-12)
+    np.testing.assert_allclose(b_mean[:4], 0.25 * b_list[0][:4] + 0.75 * b_list[2][:4], rtol=1e-12)
+    np.testing.assert_allclose(b_mean[4:], b_list[1][4:], rtol=1e-12)
+    got = dense(w0 + residual, b_mean, a_mean, s, conv1d)
+    want = 0.25 * dense(w0, b_list[0], a_list[0], s, conv1d) + 0.75 * dense(w0, b_list[2], a_list[2], s, conv1d)
+    want_rows = dense(w0, b_list[1], a_list[1], s, conv1d)
+    take = (lambda m, i: m[:, i]) if conv1d else (lambda m, i: m[i])  # output rows are Conv1D's columns
+    np.testing.assert_allclose(take(got, slice(0, 4)), take(want, slice(0, 4)), rtol=1e-10)
+    np.testing.assert_allclose(take(got, slice(4, None)), take(want_rows, slice(4, None)), rtol=1e-10)
+    merged = lr.flora(a_list, b_list, p, s, conv1d, rows)
+    np.testing.assert_allclose(take(w0 + merged, slice(0, 4)), take(want, slice(0, 4)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
 def test_flexlora_is_the_truncated_svd_of_the_exact_average(weighting):
     p = lr.client_weights(WEIGHTINGS[weighting])
     ranks, alpha = [1, 2, 1], 3.0

@@ -5,7 +5,7 @@ reference rebuilds each client's factors (the vector it started from plus its de
 its weight update s B_c A_c directly in numpy, combines them by the method's rule, and
 compares with what the global model holds after the round: s B A from the new global
 factors, plus the change of the frozen weights for FLoRA and FedEx-LoRA (in the frozen
-weight's own layout: GPT-2's Conv1D is (in, out)). LoRA alpha 6 at rank 4 (s = 1.5).
+weight's own layout: GPT-2's Conv1D is (in, out)). LoRA alpha 6 at rank 4 (s = 1.5; a rank-2 client's 3).
 """
 
 from __future__ import annotations
@@ -119,24 +119,56 @@ def test_one_shared_factor_makes_the_mean_exact(tmp_path, monkeypatch, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-gpt2"])
 def test_hetlora_and_flexlora_with_two_client_ranks(tmp_path, monkeypatch, model):
+    """Client c trains at s_c = alpha / r_c (6 / 2 = 3 at rank 2), the global model is read at s = 6 / 4."""
     for name in ("hetlora", "flexlora"):
         seen = one_round(tmp_path / name, monkeypatch, model, f"strategy.name={name}", *RANKS, "seed=1")
         s, p, clients = seen["strategy"], weights(seen), client_vectors(seen)
         ranks = s.client_rank[[u.client for u in seen["updates"]]]
         assert sorted(set(ranks.tolist())) == [2, 4]
+        for u, r in zip(seen["updates"], ranks):  # the hooks the client trained under set peft's scaling to alpha / r_c
+            hooks = s.local_hooks(ClientContext(u.client, 1, u.num_samples, np.random.default_rng(0)), None)
+            assert hooks.scalings == [6 / r] * len(s.factors)
         for f, now in zip(s.factors, global_products(seen)):
             if name == "hetlora":
                 a_ref, b_ref = np.zeros((f.rank, f.d_in)), np.zeros((f.d_out, f.rank))
                 for pc, c, r in zip(p, clients, ranks):
                     a, b = f.split(c)
                     a_ref[:r] += pc * a[:r]
-                    b_ref[:, :r] += pc * b[:, :r]
+                    b_ref[:, :r] += pc * (6 / r) / f.scaling * b[:, :r]  # at the global scaling
                     assert not a[r:].any() and not b[:, r:].any()  # a rank-2 client holds no more
                 np.testing.assert_allclose(now, product(f, a_ref, b_ref), rtol=1e-4, atol=1e-7)
             else:
-                exact = sum(pc * product(f, *f.split(c)) for pc, c in zip(p, clients))
+                exact = sum(pc * (6 / r) * np.matmul(*f.split(c)[::-1]) for pc, c, r in zip(p, clients, ranks))
                 u, sv, vt = np.linalg.svd(exact)
                 np.testing.assert_allclose(now, (u[:, :4] * sv[:4]) @ vt[:4], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ffa_lora", "fedex_lora"])
+def test_head_pruning_inside_a_lora_strategy(tmp_path, monkeypatch, name):
+    """strategy.head_pruning on a real round: each client sends only its top half of the heads' B rows, scored
+    while training (Eq. 6), and each head's rows combine over the clients that kept it, weighted by those scores."""
+    seen = one_round(tmp_path, monkeypatch, "tiny-bert", f"strategy.name={name}", "strategy.head_pruning.sparsity=0.5")
+    s, p = seen["strategy"], weights(seen)
+    num_heads = s.pruning.num_heads
+    kept = np.stack([u.group_mask[:num_heads] for u in seen["updates"]])
+    assert (kept.sum(1) == num_heads // 2).all()
+    alpha = np.stack([u.scores[:num_heads] for u in seen["updates"]]).astype(np.float64) * kept
+    assert (alpha[kept] > 0).all()
+    w = np.divide(alpha, alpha.sum(0), out=np.zeros_like(alpha), where=alpha.sum(0) > 0)
+    sent = [seen["params"].astype(np.float64) + densify(u, s.groups.group_index) for u in seen["updates"]]
+    for m, (f, now) in enumerate(zip(s.factors, global_products(seen))):
+        heads = s.groups.group_index[f.b].reshape(f.d_out, f.rank)[:, 0]
+        if name == "fedex_lora":
+            now = now + frozen_change(seen, f, base_slices(s.factors)[m])
+        else:
+            for x in sent:  # FFA-LoRA sends no A
+                np.testing.assert_array_equal(f.split(x)[0], f.split(seen["params"].astype(np.float64))[0])
+        for i, h in enumerate(heads):
+            if not kept[:, h].any():
+                continue
+            want = sum(w[c, h] * f.scaling * f.split(x)[1][i] @ f.split(x)[0] for c, x in enumerate(sent))
+            np.testing.assert_allclose(now[i], want, rtol=1e-4, atol=1e-6)
 
 
 def test_fedprox_at_mu_zero_is_fedavg_bit_for_bit(tmp_path):

@@ -113,6 +113,25 @@ def truncated_view(params: np.ndarray, factors: tuple[LoraFactors, ...], rank: i
     return view
 
 
+def client_view(params: np.ndarray, factors: tuple[LoraFactors, ...], rank: int) -> np.ndarray:
+    """What a client of LoRA rank ``rank`` holds when it trains at its own scaling alpha / rank.
+
+    Every module's ranks >= ``rank`` are 0 (``truncated_view``) and B's first ranks are multiplied
+    by (alpha / r_max) / (alpha / rank) = rank / r_max, so the client's weight W0 + (alpha / rank) B A
+    is the global model's first ``rank`` ranks read at alpha / r_max (``lora_rules.to_scaling``).
+    """
+    view = truncated_view(params, factors, rank)
+    for f in factors:
+        _, b = f.split(view)
+        b *= rank / f.rank
+    return view
+
+
+def client_scaling(f: LoraFactors, rank: int) -> float:
+    """alpha / rank for module ``f`` (whose global scaling is alpha / f.rank)."""
+    return f.scaling * f.rank / rank
+
+
 def base_weights(model: torch.nn.Module, factors: tuple[LoraFactors, ...]) -> np.ndarray:
     """The frozen weights under the LoRA layers, flattened in factor order (float32 copy)."""
     params = dict(model.named_parameters())

@@ -165,6 +165,10 @@ class Strategy:
         """
         return trained
 
+    def group_scores(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """The scores an update records, one per group, from what the client measured; default: as measured."""
+        return scores
+
     def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
         """Callbacks around the client's local training (default: none)."""
         return LocalHooks()

@@ -20,6 +20,8 @@ class FedExLora(FrozenWeightLora):
     cfg: FedExLoraConfig
 
     def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
-        combined, residual = lora_combine.fedex_lora(params, self.factors, self.deltas(updates), self.client_weights(updates))
+        combined, residual = lora_combine.fedex_lora(
+            params, self.factors, self.deltas(updates), self.client_weights(updates), self.head_weights(updates)
+        )
         self.add_to_frozen(residual, server_lr)
         return self.eta_step(params, combined, server_lr)

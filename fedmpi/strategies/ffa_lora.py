@@ -25,7 +25,7 @@ class FFALora(LoraStrategy):
     def lora_groups(cls, factors: tuple[LoraFactors, ...], numel: int) -> GroupMap:
         return factor_groups(factors, numel)
 
-    def train_mask(self, ctx: ClientContext, score) -> np.ndarray:
+    def factor_train_mask(self, ctx: ClientContext) -> np.ndarray:
         return factor_mask(self.factors, "B")
 
     def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:

@@ -1,11 +1,11 @@
 """FlexLoRA (Bai et al. 2024): heterogeneous ranks; the exact mean of the clients' products, cut by SVD.
 
-Clients get, train and upload their first r_c ranks as in HetLoRA. The server forms
-sum_c p_c s B_c A_c at full size per module, and keeps its best rank-``peft.lora.rank`` factors
-(truncated SVD, singular values split evenly between B and A: ``fedmpi/lora_rules.py``).
-The SVD is nested, so a client's first r_c ranks are the best rank-r_c fit. The scaling s is
-alpha / peft.lora.rank for every client: a client of rank r_c is the global adapter with its other
-ranks at zero.
+Clients get, train (at their own scaling s_c = alpha / r_c) and upload their first r_c ranks as
+in HetLoRA. The server forms sum_c p_c s_c B_c A_c at full size per module (platform.md section 5)
+and keeps its best rank-``peft.lora.rank`` factors, read at s = alpha / peft.lora.rank (truncated
+SVD, singular values split evenly between B and A: ``fedmpi/lora_rules.py``). The SVD is nested,
+so a client's first r_c ranks, with B times r_c / r_max for its scaling (``client_view``), are the
+best rank-r_c fit.
 """
 
 from __future__ import annotations

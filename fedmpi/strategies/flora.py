@@ -28,7 +28,9 @@ class FLora(FrozenWeightLora):
 
     def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
         fresh = lora_combine.lora_init_a(self.factors, seeding.rng(self.seed, seeding.LORA_INIT, self._round))
-        combined, update = lora_combine.flora(params, self.factors, self.deltas(updates), self.client_weights(updates), fresh)
+        combined, update = lora_combine.flora(
+            params, self.factors, self.deltas(updates), self.client_weights(updates), fresh, self.head_weights(updates)
+        )
         self.add_to_frozen(update, server_lr)
         out = self.eta_step(params, combined, server_lr)
         for f in self.factors:  # the restart is not scaled by eta

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedmpi.aggregation import groupwise
-from fedmpi.config import HeadPruningConfig
+from fedmpi.config import HeadPruningConfig, HeadPruningOptions
 from fedmpi.models.groups import GroupMap
 from fedmpi.payload import ClientUpdate, densify
 from fedmpi.strategies.base import ClientContext, RunInfo, Strategy
@@ -33,6 +33,20 @@ def top_groups(scores: np.ndarray, kept: int) -> np.ndarray:
     mask = np.zeros(scores.shape[0], dtype=bool)
     mask[order[:kept]] = True
     return mask
+
+
+def choose_groups(
+    options: HeadPruningOptions, num_groups: int, rng: np.random.Generator, scores: np.ndarray | None
+) -> np.ndarray:
+    """The groups a client keeps: its top scores (Eq. 7), or a uniformly random share (B2) from ``rng``."""
+    kept = num_kept(num_groups, options.sparsity)
+    if options.pruning == "random":
+        mask = np.zeros(num_groups, dtype=bool)
+        mask[rng.choice(num_groups, size=kept, replace=False)] = True
+        return mask
+    if scores is None:
+        raise ValueError("importance pruning needs the client's head scores")
+    return top_groups(scores, kept)
 
 
 class HeadPruning(Strategy):
@@ -71,13 +85,7 @@ class HeadPruning(Strategy):
         return self.cfg.pruning == "importance"  # while training (post_train) or of the received model (pre_train)
 
     def _choose(self, ctx: ClientContext, scores: np.ndarray | None) -> np.ndarray:
-        if self.cfg.pruning == "random":
-            mask = np.zeros(self.groups.num_groups, dtype=bool)
-            mask[ctx.rng.choice(self.groups.num_groups, size=self.num_kept, replace=False)] = True
-            return mask
-        if scores is None:
-            raise ValueError("importance pruning needs the client's head scores")
-        return top_groups(scores, self.num_kept)
+        return choose_groups(self.cfg, self.groups.num_groups, ctx.rng, scores)
 
     def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
         if self.cfg.mask_timing == "post_train":

@@ -1,12 +1,16 @@
 """HetLoRA (Cho et al. 2024): heterogeneous client ranks, zero-padded to the global rank and summed.
 
 Client c's rank r_c comes from the device classes in ``strategy.ranks`` / ``strategy.shares``
-(``fedmpi/lora_ranks.py``: seeded, the same on every rank). It receives the global factors'
-first r_c ranks, the others set to 0 (``client_params``), trains only those (rank groups:
-row i of A with column i of B) and uploads them. The server zero-pads every client to the
-global rank (``peft.lora.rank``) and takes sum_c p_c of A and of B (``fedmpi/lora_rules.py``):
-a rank only large clients hold is shrunk by the small clients' share, as published.
-The task head follows FedAvg.
+(``fedmpi/lora_ranks.py``: seeded, the same on every rank). It trains as peft trains a rank-r_c
+adapter with the run's alpha: at scaling s_c = alpha / r_c (its LoRA layers' scaling is set to
+that while it trains, ``ClientScaling``), from the global factors' first r_c ranks with B times
+r_c / r_max, so that W0 + s_c B A is the global model's first r_c ranks read at s = alpha / r_max
+(``client_view``); the other ranks are 0 and do not train (rank groups: row i of A with column i
+of B), and it uploads its r_c ranks. The server brings every client's factors back to s
+(B times r_max / r_c), zero-pads them to the global rank (``peft.lora.rank``) and takes sum_c p_c
+of A and of B (``fedmpi/lora_rules.py``): a rank only large clients hold is shrunk by the small
+clients' share, as published, and with one rank for every client HetLoRA is FedIT. The task head
+follows FedAvg.
 """
 
 from __future__ import annotations
@@ -18,11 +22,28 @@ import numpy as np
 from fedmpi.config import HetLoraConfig
 from fedmpi.lora_ranks import client_ranks
 from fedmpi.models.groups import GroupMap
-from fedmpi.models.lora_factors import LoraFactors, rank_groups, rank_mask, truncated_view
+from fedmpi.models.lora_factors import ADAPTER, LoraFactors, client_scaling, client_view, rank_groups, rank_mask
 from fedmpi.payload import ClientUpdate
 from fedmpi.strategies import lora_combine
-from fedmpi.strategies.base import ClientContext
+from fedmpi.strategies.base import ClientContext, LocalHooks
 from fedmpi.strategies.lora_base import LoraStrategy
+
+
+class ClientScaling(LocalHooks):
+    """While a client of rank r trains, every LoRA layer's peft scaling is alpha / r (restored on exit)."""
+
+    def __init__(self, layers: list[Any], scalings: list[float]) -> None:
+        self.layers, self.scalings, self.saved = layers, scalings, []
+
+    def __enter__(self) -> ClientScaling:
+        self.saved = [layer.scaling[ADAPTER] for layer in self.layers]
+        for layer, s in zip(self.layers, self.scalings):
+            layer.scaling[ADAPTER] = s
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for layer, s in zip(self.layers, self.saved):
+            layer.scaling[ADAPTER] = s
 
 
 class RankedLora(LoraStrategy):
@@ -40,12 +61,18 @@ class RankedLora(LoraStrategy):
         if max(self.cfg.ranks) > global_rank:
             raise ValueError(f"strategy.ranks: the largest client rank {max(self.cfg.ranks)} exceeds peft.lora.rank {global_rank}")
         self.client_rank = client_ranks(seed, num_clients, self.cfg.ranks, self.cfg.shares)
+        modules = dict(model.named_modules())
+        self.layers = [modules[f.module] for f in factors]
 
     def client_params(self, ctx: ClientContext, params: np.ndarray) -> np.ndarray:
-        return truncated_view(params, self.factors, int(self.client_rank[ctx.client]))
+        return client_view(params, self.factors, int(self.client_rank[ctx.client]))
 
     def train_mask(self, ctx: ClientContext, score) -> np.ndarray:
         return rank_mask(self.factors, int(self.client_rank[ctx.client]))
+
+    def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
+        r = int(self.client_rank[ctx.client])
+        return ClientScaling(self.layers, [client_scaling(f, r) for f in self.factors])
 
     def download_bytes(self, client: int, adapter_bytes: int) -> int:
         """Only the first r_c ranks of every module travel to client c."""

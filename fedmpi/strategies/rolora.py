@@ -29,7 +29,7 @@ class RoLora(LoraStrategy):
     def round_message(self, round_: int, selected: np.ndarray) -> str:
         return rolora_factor(round_)
 
-    def train_mask(self, ctx: ClientContext, score) -> np.ndarray:
+    def factor_train_mask(self, ctx: ClientContext) -> np.ndarray:
         return factor_mask(self.factors, ctx.message)
 
     def aggregate(self, params: np.ndarray, updates: list[ClientUpdate], server_lr: float) -> np.ndarray:
