@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from sweep import REPO, Job, complete_paths, run_sweep
 
-from fedmpi.analyze import ResultFileError, format_table, load_run
+from fedmpi.analyze import ResultFileError, format_table, load_run, result_files
 from fedmpi.config import ConfigError, load_config
 
 DATA = REPO.parent / "shared" / "data"
@@ -187,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def collect(folder: Path, last_k: int) -> list[dict[str, Any]]:
     """One row per complete result file of the ablation: method, selection, seed, curve numbers."""
     rows = []
-    for path in sorted(folder.glob("*.h5")):
+    for path in result_files(folder):
         try:
             run = load_run(path)
         except ResultFileError as e:

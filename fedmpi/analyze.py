@@ -79,6 +79,11 @@ def _read_group(f: h5py.File, name: str, required: dict[str, str]) -> dict[str, 
     return {key: a[:num_rows] for key, a in arrays.items()}
 
 
+def result_files(folder: str | Path) -> list[Path]:
+    """The result files in ``folder``, sorted: every ``*.h5`` but the runs' checkpoints (``*.ckpt.h5``)."""
+    return sorted(p for p in Path(folder).glob("*.h5") if not p.name.endswith(rs.CHECKPOINT_SUFFIX))
+
+
 def load_run(path: str | Path) -> Run:
     """Read a result file (complete or not). Raises ResultFileError, naming the path, on anything unreadable."""
     path = Path(path)

@@ -257,3 +257,11 @@ def test_reads_file_of_a_writer_killed_with_sigkill(tmp_path: Path) -> None:
     assert subprocess.run([sys.executable, "-c", code]).returncode != 0
     s = analyze.summarize(analyze.load_run(path))
     assert s["status"] == "incomplete" and s["last_round"] == 2 and s["total_seconds"] == 3.0
+
+
+def test_result_files_leave_out_checkpoints(tmp_path):
+    from fedmpi.analyze import result_files
+
+    for name in ("b.h5", "a.h5", "a.ckpt.h5", "notes.txt"):
+        (tmp_path / name).touch()
+    assert [p.name for p in result_files(tmp_path)] == ["a.h5", "b.h5"]
