@@ -2,8 +2,8 @@
 
 ``check_result_path`` answers the output problems a user can make in one line: a folder that
 is really a file, a result file that exists, a file another running job is writing. The
-lock is an ``flock`` on ``<name>.h5.lock`` held by rank 0 for the life of the process, so
-it disappears with the process however that ends (kill -9 included).
+lock is an ``flock`` on ``<name>.h5.lock`` held by rank 0 until the run ends (``release``) or,
+at the latest, until the process ends, so it disappears however that ends (kill -9 included).
 """
 
 from __future__ import annotations
@@ -80,6 +80,15 @@ def _lock(lock: Path, path: Path) -> None:
     os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
     _held[lock] = fd
     atexit.register(_release, lock)
+
+
+def release(result_path: Path) -> None:
+    """Give up this process's claim on ``result_path`` once its run has ended (a no-op if not held).
+
+    The launcher's process ends with its run anyway; this matters when one process runs
+    several simulations (a notebook, the tests' in-process runs).
+    """
+    _release(lock_path(result_path))
 
 
 def _release(lock: Path) -> None:

@@ -326,3 +326,6 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
         if writer is not None:
             writer.fail(str(exc) if isinstance(exc, RankFailure) else repr(exc))
         raise
+    finally:
+        if writer is not None:
+            output_files.release(writer.path)

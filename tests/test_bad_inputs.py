@@ -81,3 +81,15 @@ def test_unknown_model_without_the_hub_fails_fast(tmp_path):
     assert lines[0] == "fedmpi: the Hugging Face hub is unreachable (no answer within 3 s): working offline (HF_HUB_OFFLINE=1)"
     assert len(lines) == 2 and "cannot load model 'nobody/no-such-model'" in lines[1], proc.stderr
     assert seconds < LIMIT_S * SCALE
+
+
+def test_the_claim_on_a_result_file_ends_with_its_run(tmp_path):
+    """A process that has finished a run (a notebook, in-process tests) no longer blocks the file."""
+    from fedmpi.output_files import check_result_path, lock_path, release
+
+    path = check_result_path(tmp_path, "done", replace=False)
+    assert lock_path(path).exists()
+    release(path)
+    assert not lock_path(path).exists()
+    code = "from pathlib import Path; from fedmpi.output_files import check_result_path as c; c(Path(%r), 'done', replace=True)"
+    subprocess.run([sys.executable, "-c", code % str(tmp_path)], check=True, cwd=REPO)  # another process may claim it
