@@ -119,8 +119,11 @@ def test_scancel_leaves_a_readable_file(tmp_path):
     _wait_for_round(tmp_path / "cancelled.h5", 1)
     subprocess.run(["scancel", job], check=True)
     _wait(job, ("CANCELLED", "FAILED", "COMPLETED", "GONE"))
-    time.sleep(2)
-    run = load_run(tmp_path / "cancelled.h5")
+    # Slurm may report CANCELLED while the job's SIGTERM handler is still writing the status:
+    # give it Slurm's default KillWait (30 s) before SIGKILL would end it.
+    deadline = time.monotonic() + 30
+    while (run := load_run(tmp_path / "cancelled.h5")).attrs["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(1)
     assert run.attrs["status"] == "failed" and len(run.rounds["round"]) >= 2
 
 
