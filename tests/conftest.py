@@ -67,3 +67,15 @@ def run_here(args: list[str]) -> Path:
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+
+
+def load_experiment(name: str):
+    """experiments/<name>.py as a module (the scripts import their siblings, e.g. sweep, by name)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _ablation():
-    sys.path.insert(0, str(REPO / "experiments"))
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "experiments" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ablation", module)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_experiment
 
 
-AB = _ablation()
+AB = load_experiment("ablation")
 
 
 @pytest.mark.parametrize(

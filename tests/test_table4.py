@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_experiment
 
 from fedmpi.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _table4():
-    sys.path.insert(0, str(REPO / "experiments"))
-    spec = importlib.util.spec_from_file_location("table4", REPO / "experiments" / "table4.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("table4", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-T4 = _table4()
+T4 = load_experiment("table4")
 
 
 @pytest.mark.parametrize("row", list(T4.ROWS))
