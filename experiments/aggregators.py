@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import REPO, Job, is_complete, run_sweep  # noqa: E402
+from sweep import REPO, Job, is_complete, mean_curve, paired, paired_cell, run_sweep  # noqa: E402
 
 from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
 from fedmpi.config import ConfigError, load_config  # noqa: E402
@@ -86,7 +86,7 @@ def run_summary(name: str, path: Path) -> dict[str, Any]:
         "rounds_to_target": math.nan if s["rounds_to_target"] is None else float(s["rounds_to_target"]),
         "upload_mib": float(run.rounds["upload_bytes_paper"][training].sum()) / participations / 2**20,
         "download_mib": math.nan if download is None else float(download[training].sum()) / participations / 2**20,
-        "curve": run.rounds["eval_metric"],
+        "curve": (run.rounds["round"], run.rounds["eval_metric"].astype(float)),
     }
 
 
@@ -98,16 +98,19 @@ def mean_sd(values: Sequence[float]) -> str:
 
 
 HEADER = ["variant", "seeds", "final acc", "best acc", f"rounds to {TARGET:.0%}", "upload MiB/client/round",
-          "download MiB/client/round"]  # fmt: skip
+          "download MiB/client/round", "Δ final vs FedAvg (pts) [95% CI]"]  # fmt: skip
+BASELINE = "fedavg"  # every variant's final accuracy is paired by seed with this one's
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
+    base = {s["seed"]: s["final"] for s in summaries if s["variant"] == BASELINE}
     rows = []
     for name, (label, _) in VARIANTS.items():
         runs = [s for s in summaries if s["variant"] == name]
         if runs:
+            diff = "-" if name == BASELINE or not base else paired_cell(paired({r["seed"]: r["final"] for r in runs}, base), 100, 1)
             rows.append([label, str(len(runs)), *(mean_sd([r[k] for r in runs]) for k in
-                         ("final", "best", "rounds_to_target", "upload_mib", "download_mib"))])  # fmt: skip
+                         ("final", "best", "rounds_to_target", "upload_mib", "download_mib")), diff])  # fmt: skip
     return rows
 
 
@@ -121,9 +124,8 @@ def plot_curves(summaries: list[dict[str, Any]], path: Path) -> None:
     for name, (label, _) in VARIANTS.items():
         curves = [s["curve"] for s in summaries if s["variant"] == name]
         if curves:
-            length = min(len(c) for c in curves)
-            ax.plot(np.arange(length), np.nanmean([c[:length] for c in curves], axis=0), label=label,
-                    linestyle="--" if "pruned" in name else "-")  # fmt: skip
+            rounds, mean = mean_curve(curves)
+            ax.plot(rounds, mean, "o-", markersize=3, label=label, linestyle="--" if "pruned" in name else "-")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (mean over seeds)")
     ax.set_title("Aggregators on 20 Newsgroups, Dirichlet 0.5 (MiniLM, LoRA r=8)")

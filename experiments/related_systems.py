@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import REPO, Job, is_complete, mean_std, paired, paired_cell, pm, run_sweep  # noqa: E402
+from sweep import REPO, Job, is_complete, mean_curve, mean_std, paired, paired_cell, pm, run_sweep  # noqa: E402
 
 from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
 
@@ -110,10 +110,8 @@ def plot_comparison(curves: dict[str, list], title: str, path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for i, (method, runs) in enumerate(curves.items()):
-        rounds = runs[0][0]
-        length = min(len(r[1]) for r in runs)
-        mean = np.nanmean(np.stack([r[1][:length] for r in runs]), axis=0)
-        ax.plot(rounds[:length], mean, "o-", color=f"C{i}", markersize=3, label=f"{LABELS[method]} (n={len(runs)})")
+        rounds, mean = mean_curve(runs)
+        ax.plot(rounds, mean, "o-", color=f"C{i}", markersize=3, label=f"{LABELS[method]} (n={len(runs)})")
     ax.set(xlabel="round", ylabel="eval accuracy (mean over seeds)", title=title)
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -153,6 +153,19 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
     return Paired(mean, sd, confidence_interval(diffs), num, sum(d > 0 for d in diffs))
 
 
+def mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of (rounds, metric) curves, cut to the shortest, at the rounds every seed evaluated.
+
+    Runs that evaluate every k rounds leave NaN between evaluations; those rounds are dropped so a
+    plotted line joins the evaluated points.
+    """
+    length = min(len(values) for _, values in curves)
+    rounds = np.asarray(curves[0][0][:length])
+    values = np.stack([np.asarray(v[:length], dtype=float) for _, v in curves])
+    evaluated = ~np.isnan(values).any(axis=0)
+    return rounds[evaluated], values[:, evaluated].mean(axis=0)
+
+
 # --- formatting ----------------------------------------------------------------------------------
 
 

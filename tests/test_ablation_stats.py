@@ -40,3 +40,13 @@ def test_paired_differences_match_seeds_and_selection():
     assert AB.verdict({"n": 3, "mean": 0.1, "ci": 0.05}) == "holds (CI above 0)"
     assert AB.verdict({"n": 3, "mean": -0.1, "ci": 0.05}) == "reversed (CI below 0)"
     assert AB.verdict({"n": 3, "mean": 0.01, "ci": 0.05}) == "not shown (CI contains 0)"
+
+
+def test_mean_curve_joins_evaluated_rounds_only():
+    sweep = load_experiment("sweep")
+    nan = math.nan
+    a = (np.arange(5), np.array([0.1, nan, 0.3, nan, 0.5]))
+    b = (np.arange(4), np.array([0.3, nan, 0.5, 0.6]))  # shorter run; round 3 evaluated by b only
+    rounds, mean = sweep.mean_curve([a, b])
+    assert rounds.tolist() == [0, 2]
+    assert mean.tolist() == pytest.approx([0.2, 0.4])
