@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from sweep import REPO, Job, complete_paths, run_sweep
+from sweep import REPO, Job, complete_paths, confidence_interval, mean_std, run_sweep
 
 from fedmpi.analyze import ResultFileError, format_table, load_run, result_files
 from fedmpi.config import ConfigError, load_config
@@ -52,25 +52,24 @@ METHODS: dict[str, tuple[str, ...]] = {
                      "strategy.importance_exclude=eos+bos"),
     "Ours+eos+bos+uploaded": (*PRUNING, "strategy.pruning=importance", "strategy.weighting=importance",
                               "strategy.importance_exclude=eos+bos", "strategy.score_on=uploaded"),
+    # pruned_heads=removed needs masks before training; its accuracy is read against the same
+    # pre-train masks with the pruned heads kept in the forward (frozen).
+    "Ours+pre": (*PRUNING, "strategy.pruning=importance", "strategy.weighting=importance",
+                 "strategy.mask_timing=pre_train"),
+    "Ours+pre+removed": (*PRUNING, "strategy.pruning=importance", "strategy.weighting=importance",
+                         "strategy.mask_timing=pre_train", "strategy.pruned_heads=removed"),
 }
 SELECTIONS = ("random", "loss", "cyclic")
-# Two-sided 95% Student t quantiles by degrees of freedom (1..30); beyond: the normal 1.96.
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 # --- statistics (pure) ----------------------------------------------------------------------------
 
 
 def mean_sd_ci(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample sd (ddof=1) and the half-width of the 95% t confidence interval of the mean."""
-    v = np.array([x for x in values if not math.isnan(x)], dtype=float)
-    n = v.size
-    if n == 0:
-        return {"mean": math.nan, "sd": math.nan, "ci": math.nan, "n": 0}
-    sd = float(v.std(ddof=1)) if n > 1 else math.nan
-    t = T95[n - 2] if 2 <= n <= 31 else 1.96
-    return {"mean": float(v.mean()), "sd": sd, "ci": t * sd / math.sqrt(n) if n > 1 else math.nan, "n": n}
+    """Mean, sample sd (ddof=1) and the half-width of the 95% t confidence interval of the mean (sweep's statistics)."""
+    mean, sd, n = mean_std(values)
+    low, high = confidence_interval(values)
+    return {"mean": mean, "sd": sd, "ci": (high - low) / 2 if n > 1 else math.nan, "n": n}
 
 
 def curve_numbers(metric: np.ndarray, last_k: int) -> dict[str, float]:
@@ -226,7 +225,8 @@ def tables(rows: Sequence[dict[str, Any]], last_k: int) -> tuple[list[list[str]]
                 cells.append([method, selection, str(len(group)),
                               *(_pm(mean_sd_ci([r[k] for r in group])) for k in ("final", "best", "last_k"))])
     comparisons = [(m, "B2") for m in METHODS if m.startswith("Ours")] + [(m, "B1") for m in METHODS if m != "B1"]
-    comparisons += [("Ours+eos+bos", "Ours"), ("Ours+eos+bos+uploaded", "Ours")]
+    comparisons += [("Ours+eos+bos", "Ours"), ("Ours+eos+bos+uploaded", "Ours"), ("Ours+pre", "Ours"),
+                    ("Ours+pre+removed", "Ours+pre")]
     diffs = []
     for a, b in comparisons:
         d = {k: paired(rows, a, b, k) for k in ("final", "best", "last_k")}
