@@ -27,7 +27,9 @@ class ClientUpdate:
     values: np.ndarray  # float32: the delta at the elements selected by group_mask
     group_mask: np.ndarray | None  # bool (num_groups,), None: every element sent
     scores: np.ndarray | None  # float32 (num_groups,): importance, 0 for pruned groups
-    # Measured (fedmpi.measure) and planned (the strategy's device budget) costs of the client-round.
+    # Realised sparsity (Strategy.realised_sparsity), measured (fedmpi.measure) and planned (the
+    # strategy's device budget) costs of the client-round.
+    sparsity: float = 0.0
     peak_memory_bytes: float = math.nan
     device_seconds: float = math.nan  # CUDA-event seconds of the training (NaN on the CPU)
     saved_activation_bytes: int = 0
@@ -47,11 +49,11 @@ class ClientUpdate:
 
 
 _FIELDS = [f.name for f in fields(ClientUpdate)]
-COST_FIELDS = tuple(_FIELDS[_FIELDS.index("scores") + 1 :])  # the measured and planned figures above
+COST_FIELDS = tuple(_FIELDS[_FIELDS.index("scores") + 1 :])  # the realised, measured and planned figures above
 
 
 def realised_sparsity(group_mask: np.ndarray | None) -> float:
-    """Share of the groups a client did not upload (0 when it sent everything)."""
+    """Share of the groups a client did not upload (0 when it sent everything): ``Strategy.realised_sparsity``'s default."""
     return 0.0 if group_mask is None or group_mask.size == 0 else 1.0 - float(group_mask.mean())
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmpi.evaluation import EvalResult
-from fedmpi.payload import COST_FIELDS, ClientUpdate, realised_sparsity
+from fedmpi.payload import COST_FIELDS, ClientUpdate
 from fedmpi.results import ResultWriter
 from fedmpi.results_schema import ROUND_METRIC_COLUMNS
 
@@ -67,7 +67,7 @@ class Progress:
         losses = np.array([u.train_loss for u in accepted])
         train_loss = float((samples * losses).sum() / samples.sum()) if accepted else math.nan
         paper_bytes = sum(u.paper_bytes for u in updates)
-        sparsity = float(np.mean([realised_sparsity(u.group_mask) for u in updates])) if updates else 0.0
+        sparsity = float(np.mean([u.sparsity for u in updates])) if updates else 0.0
         eval_loss = evaluated.loss if evaluated else math.nan
         metric = evaluated.metric if evaluated else math.nan
         if writer is not None:
@@ -122,8 +122,7 @@ class Progress:
             "download_bytes_mpi": np.zeros(len(updates), dtype=np.int64),  # no per-client state is sent yet
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],
-            "sparsity": [realised_sparsity(u.group_mask) for u in updates],
-            **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},
+            **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},  # sparsity among them
             "rejected": [u.client in rejected for u in updates],
         }
         if writer.num_groups:

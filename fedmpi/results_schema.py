@@ -66,7 +66,7 @@ ROUND_COLUMNS: dict[str, str] = {
     # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count.
     "download_bytes_mpi": "int64",
     "seconds": "float64",  # wall time of the round
-    "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
+    "sparsity": "float64",  # realised: mean of the round's clients' sparsity
     "ops": "float64",  # analytic OPs summed over the round's clients
     "num_rejected": "int32",  # client updates rejected as non-finite (server.on_nonfinite=skip)
 }
@@ -99,7 +99,9 @@ CLIENT_COLUMNS: dict[str, str] = {
     "download_bytes_mpi": "int64",
     "seconds": "float64",
     "ops": "float64",
-    "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
+    # Realised (Strategy.realised_sparsity): 1 - uploaded groups / groups (0 when everything was sent);
+    # the LoRA strategies count heads only (strategy.head_pruning; 0 without it), never the A groups.
+    "sparsity": "float64",
     "rejected": "bool",  # the update was not finite and was left out of the aggregate
 }
 # Written by every run, optional for readers (files from before they existed lack them):
