@@ -53,6 +53,7 @@ class Progress:
         seconds: float,
         mpi_bytes: int,
         download_mpi: int = 0,
+        client_download_mpi: int = 0,  # one rank's copy of the round's broadcasts: each client's download over MPI
         download_paper: list[int] | None = None,  # per update, same order
         rejected: list[int] = (),
     ) -> None:
@@ -73,7 +74,7 @@ class Progress:
         if writer is not None:
             self.metric_name = writer.metric
             if updates:
-                self._write_clients(writer, round_, updates, download_paper, rejected)
+                self._write_clients(writer, round_, updates, download_paper, client_download_mpi, rejected)
             writer.append_round(
                 {
                     "round": round_, "num_selected": len(updates), "train_loss": train_loss, "eval_loss": eval_loss,
@@ -108,7 +109,8 @@ class Progress:
 
     @staticmethod
     def _write_clients(
-        writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: list[int], rejected: list[int]
+        writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: list[int], download_mpi: int,
+        rejected: list[int],
     ) -> None:
         rows = {
             "round": np.full(len(updates), round_, dtype=np.int32),
@@ -119,7 +121,7 @@ class Progress:
             "upload_bytes_paper": [u.paper_bytes for u in updates],
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
             "download_bytes_paper": np.asarray(download_paper, dtype=np.int64),
-            "download_bytes_mpi": np.zeros(len(updates), dtype=np.int64),  # no per-client state is sent yet
+            "download_bytes_mpi": np.full(len(updates), download_mpi, dtype=np.int64),
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],
             **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},  # sparsity among them

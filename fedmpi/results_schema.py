@@ -63,7 +63,8 @@ ROUND_COLUMNS: dict[str, str] = {
     # plus the full-size frozen-weight update of FLoRA / FedEx-LoRA), summed over the round's clients.
     "download_bytes_paper": "int64",
     # Really moved: bytes rank 0 sent this round (selection, round message, the new global vector,
-    # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count.
+    # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count:
+    # (ranks - 1) x the round's clients' download_bytes_mpi.
     "download_bytes_mpi": "int64",
     "seconds": "float64",  # wall time of the round
     "sparsity": "float64",  # realised: mean of the round's clients' sparsity
@@ -94,8 +95,10 @@ CLIENT_COLUMNS: dict[str, str] = {
     "upload_bytes_paper": "int64",
     "upload_bytes_mpi": "int64",
     "download_bytes_paper": "int64",  # this client's share of the round's download_bytes_paper
-    # Bytes sent to this client's rank for this client alone (its private state, e.g. FedSA-LoRA's B
-    # and task head); broadcasts reach a rank, not a client, and are counted per round only.
+    # What a rank receives over MPI to train this client this round: one copy of rank 0's broadcasts
+    # (pickled selection and round message, incl. FedSA-LoRA's private states of every selected client;
+    # the new global vector, raw fp32; frozen weights). Like upload_bytes_mpi, counted whether or not the
+    # client's rank is 0: the same on any number of ranks, and for every client of a round.
     "download_bytes_mpi": "int64",
     "seconds": "float64",
     "ops": "float64",

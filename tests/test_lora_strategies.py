@@ -234,4 +234,9 @@ def test_one_and_three_ranks_agree_bit_for_bit(tmp_path, name):
     proc = run_launch([*args, "output.name=n3"], ranks=3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _same(one, tmp_path / "n3.h5")
-    assert load_run(tmp_path / "n3.h5").rounds["download_bytes_mpi"][1] > 0
+    three = load_run(tmp_path / "n3.h5")
+    assert three.rounds["download_bytes_mpi"][1] > 0
+    # Rank 0 sends ranks 1 and 2 one copy each of what every client's row counts (FLoRA: the frozen weights too).
+    for r in (1, 2):
+        np.testing.assert_array_equal(2 * three.clients["download_bytes_mpi"][three.clients["round"] == r],
+                                      three.rounds["download_bytes_mpi"][r])
