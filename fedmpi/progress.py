@@ -16,7 +16,7 @@ import numpy as np
 from fedmpi.evaluation import EvalResult
 from fedmpi.payload import COST_FIELDS, ClientUpdate
 from fedmpi.results import ResultWriter
-from fedmpi.results_schema import ROUND_METRIC_COLUMNS
+from fedmpi.results_schema import CLIENT_GROUP_MASK, CLIENT_IMPORTANCE, CLIENT_MEASURED_IMPORTANCE, ROUND_METRIC_COLUMNS
 
 MIB = 2**20
 
@@ -130,8 +130,11 @@ class Progress:
         if writer.num_groups:
             n = writer.num_groups
             # NaN where the strategy measured no importance (FedAvg, random pruning).
-            rows["importance"] = np.stack([u.scores if u.scores is not None else np.full(n, np.nan, np.float32) for u in updates])
-            rows["group_mask"] = np.stack([u.group_mask if u.group_mask is not None else np.ones(n, bool) for u in updates])
+            missing = np.full(n, np.nan, np.float32)
+            rows[CLIENT_IMPORTANCE] = np.stack([u.scores if u.scores is not None else missing for u in updates])
+            rows[CLIENT_GROUP_MASK] = np.stack([u.group_mask if u.group_mask is not None else np.ones(n, bool) for u in updates])
+            rows[CLIENT_MEASURED_IMPORTANCE] = np.stack([missing if u.measured_scores is None else u.measured_scores
+                                                         for u in updates])  # fmt: skip
         writer.append_clients(rows)
 
     def summary(self, path: Path) -> None:

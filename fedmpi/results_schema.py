@@ -125,11 +125,16 @@ CLIENT_COST_COLUMNS: dict[str, str] = {
     # switches modules off. Per-module ranks are the group_mask summed over each /groups family.
     "skipped_modules": "int32",
 }
-CLIENT_IMPORTANCE = "importance"  # per group; NaN where the strategy measures none
+CLIENT_IMPORTANCE = "importance"  # per group, as uploaded: 0 for pruned groups; NaN where the strategy measures none
 CLIENT_GROUP_MASK = "group_mask"  # per group: uploaded
+# Per group, every group's score as the client measured it, pruned ones included (Fig. 5); NaN where the
+# strategy measures none. Added within format_version 3: files written before it lack it (readers must
+# not require it; output.resume adds it, NaN for the rows already there).
+CLIENT_MEASURED_IMPORTANCE = "measured_importance"
 CLIENT_GROUP_COLUMNS: dict[str, str] = {
     CLIENT_IMPORTANCE: "float32",
     CLIENT_GROUP_MASK: "bool",
+    CLIENT_MEASURED_IMPORTANCE: "float32",
 }
 
 # --- /groups: only when num_groups_total > 0; one row per family (a module owning consecutive groups:
