@@ -57,7 +57,7 @@ COST_FIELDS = tuple(_FIELDS[_FIELDS.index("measured_scores") + 1 :])  # the real
 
 
 def realised_sparsity(group_mask: np.ndarray | None) -> float:
-    """Share of the groups a client did not upload (0 when it sent everything): ``Strategy.realised_sparsity``'s default."""
+    """Share of the groups a client did not upload (0: it sent everything); ``Strategy.realised_sparsity``'s default."""
     return 0.0 if group_mask is None or group_mask.size == 0 else 1.0 - float(group_mask.mean())
 
 

@@ -132,7 +132,8 @@ class Progress:
             # NaN where the strategy measured no importance (FedAvg, random pruning).
             missing = np.full(n, np.nan, np.float32)
             rows[CLIENT_IMPORTANCE] = np.stack([u.scores if u.scores is not None else missing for u in updates])
-            rows[CLIENT_GROUP_MASK] = np.stack([u.group_mask if u.group_mask is not None else np.ones(n, bool) for u in updates])
+            everything = np.ones(n, bool)
+            rows[CLIENT_GROUP_MASK] = np.stack([everything if u.group_mask is None else u.group_mask for u in updates])
             rows[CLIENT_MEASURED_IMPORTANCE] = np.stack([missing if u.measured_scores is None else u.measured_scores
                                                          for u in updates])  # fmt: skip
         writer.append_clients(rows)

@@ -184,7 +184,8 @@ def test_recorded_sparsity_and_ops_count_the_pruned_heads(tmp_path, monkeypatch,
     np.testing.assert_array_equal(clients["sparsity"], [want[r] for r in clients["round"]])
     np.testing.assert_array_equal(rounds["sparsity"][1:], [want[1], want[2]])
     dims = accounting.attention_dims(hf_model(seen["strategy"].run.model).config)
-    ops = [accounting.ops_per_sequence(dims, rank=4, sparsity=want[r]) * n for r, n in zip(clients["round"], clients["num_samples"])]
+    ops = [accounting.ops_per_sequence(dims, rank=4, sparsity=want[r]) * n
+           for r, n in zip(clients["round"], clients["num_samples"])]  # fmt: skip
     np.testing.assert_allclose(clients["ops"], ops, rtol=1e-12)
 
 

@@ -74,4 +74,5 @@ def test_no_classes_and_files_from_before_the_table(tmp_path):
     back = analyze.load_run(path)
     assert back.devices["name"].tolist() == ["phone", "laptop"]
     assert back.clients["skipped_modules"].tolist() == [-1, -1, -1]  # unknown for the rows written before
-    assert back.clients[S.CLIENT_MEASURED_IMPORTANCE].shape == (3, 2) and np.isnan(back.clients[S.CLIENT_MEASURED_IMPORTANCE]).all()
+    measured = back.clients[S.CLIENT_MEASURED_IMPORTANCE]
+    assert measured.shape == (3, 2) and np.isnan(measured).all()

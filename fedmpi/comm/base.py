@@ -16,7 +16,7 @@ import numpy as np
 
 
 def pickled_size(obj: Any) -> int:
-    """Bytes one rank receives when ``obj`` is broadcast with the pickling ``bcast`` (what ``bytes_moved`` counts per copy)."""
+    """Bytes one rank receives when ``obj`` is broadcast by the pickling ``bcast`` (``bytes_moved`` per copy)."""
     return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
