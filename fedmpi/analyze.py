@@ -226,15 +226,27 @@ def _num_clients(run: Run) -> int:
     return max(int(run.attrs.get(rs.ATTR_NUM_CLIENTS) or 0), seen)
 
 
+def importance_rows(run: Run) -> np.ndarray:
+    """(client-rounds x num_groups_total): every group's score as the client measured it, pruned groups
+    included (paper Fig. 5). A file written before ``measured_importance`` holds only the uploaded scores
+    (0 for pruned groups); those are returned for it (``has_measured_importance`` tells which)."""
+    for name in (rs.CLIENT_MEASURED_IMPORTANCE, rs.CLIENT_IMPORTANCE):
+        if name in run.clients:
+            return run.clients[name].astype(np.float64)
+    raise ValueError(f"{run.path}: no group importance recorded (num_groups_total = 0)")
+
+
+def has_measured_importance(run: Run) -> bool:
+    return rs.CLIENT_MEASURED_IMPORTANCE in run.clients
+
+
 def importance_matrix(run: Run, round: int | None = None) -> np.ndarray:
-    """(num_clients x num_groups_total) group (head) importance per client (paper Fig. 5).
+    """(num_clients x num_groups_total) group (head) importance per client, pruned groups included (paper Fig. 5).
 
     The mean over the client's participations, or its value at one `round`; NaN rows for clients
     that did not take part.
     """
-    if rs.CLIENT_IMPORTANCE not in run.clients:
-        raise ValueError(f"{run.path}: no group importance recorded (num_groups_total = 0)")
-    importance = run.clients[rs.CLIENT_IMPORTANCE].astype(np.float64)
+    importance = importance_rows(run)
     client = run.clients["client"]
     keep = np.ones(len(client), bool) if round is None else run.clients["round"] == round
     out = np.full((_num_clients(run), importance.shape[1]), np.nan)

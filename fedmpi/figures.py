@@ -9,7 +9,8 @@ cell are averaged together.
 - ``fig4``: a sparsity sweep: final accuracy, upload per client-round, analytic OPs and
   measured seconds per client-round, against sparsity;
 - ``fig5``: per run, the importance of the selected clients over rounds (rows: client-rounds,
-  columns: heads), and the Euclidean distance between the clients of each round;
+  columns: heads; every head's measured score, the kept ones dotted), and the Euclidean distance
+  between the clients of each round over those scores;
 - ``table5``: final and best accuracy per Dirichlet alpha (and IID) and method.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedmpi import results_schema as rs
-from fedmpi.analyze import MIB, Run, format_table, load_run
+from fedmpi.analyze import MIB, Run, format_table, has_measured_importance, importance_rows, load_run
 
 
 def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -148,10 +149,9 @@ def fig4(runs: Sequence[Run], out: Path) -> str:
 
 
 def round_distances(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Per round: the mean Euclidean distance between the importance vectors of its clients (Fig. 5)."""
-    if rs.CLIENT_IMPORTANCE not in run.clients:
-        raise ValueError(f"{run.path}: no head importance recorded")
-    importance = run.clients[rs.CLIENT_IMPORTANCE].astype(np.float64)
+    """Per round: the mean Euclidean distance between the importance vectors of its clients (Fig. 5),
+    every head's score included (``importance_rows``)."""
+    importance = importance_rows(run)
     rounds = np.unique(run.clients["round"])
     distances = []
     for r in rounds:
@@ -162,26 +162,33 @@ def round_distances(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fig5(runs: Sequence[Run], out: Path) -> str:
-    """Importance heatmaps of the selected clients over rounds, and per-round client distances."""
+    """Importance heatmaps of the selected clients over rounds (every head's score; dots: the heads
+    the client kept), and per-round client distances."""
     fig, axes = _figure(len(runs) + 1, size=(4.6, 4.2))
     lines = []
     for i, run in enumerate(runs):
         rounds, distances = round_distances(run)
-        importance = run.clients[rs.CLIENT_IMPORTANCE].astype(np.float64)
+        importance = importance_rows(run)
         ax = axes[0, i]
         image = ax.imshow(importance, aspect="auto", interpolation="nearest", cmap="viridis")
         fig.colorbar(image, ax=ax, shrink=0.8)
+        if rs.CLIENT_GROUP_MASK in run.clients and not run.clients[rs.CLIENT_GROUP_MASK].all():
+            rows, heads = np.nonzero(run.clients[rs.CLIENT_GROUP_MASK])
+            size = min(12.0, (250 / max(importance.shape)) ** 2)  # dots shrink with the cells
+            ax.scatter(heads, rows, s=size, c="white", edgecolors="black", linewidths=0.4 * size / 12)
         ticks = np.flatnonzero(np.r_[True, np.diff(run.clients["round"]) != 0])
         ax.set_yticks(ticks, [f"r{run.clients['round'][t]}" for t in ticks], fontsize="x-small")
         ax.set(xlabel="head", title=f"{partition_label(run)}: {run.name}")
         label = f"{partition_label(run)} ({run.name})"
+        if not has_measured_importance(run):  # a file from before measured_importance: pruned heads read 0
+            label += " [uploaded scores only]"
         axes[0, -1].plot(rounds, distances, "o-", markersize=3, label=label)
         lines.append([label, f"{np.nanmean(distances):.4g}", " ".join(f"{d:.4g}" for d in distances)])
     ax = axes[0, -1]
     ax.set(xlabel="round", ylabel="Euclidean distance", title="distance between the round's clients")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.suptitle("Fig. 5: head importance of the selected clients")
+    fig.suptitle("Fig. 5: head importance of the selected clients (dots: the heads each client kept)")
     _save(fig, out)
     return format_table(lines, header=["run", "mean distance", "per round"])
 

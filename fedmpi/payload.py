@@ -4,7 +4,8 @@ A ``ClientUpdate`` is the dense delta of the elements no group owns plus, for th
 the client kept (heads, in the paper), their elements only; with the group mask and the
 kept groups' scores. A rank packs all its clients' updates into one float32 buffer (values
 and scores) and one small metadata record per client (ids, counts, a bit-packed group
-mask), so the bytes that cross MPI shrink with sparsity.
+mask, and what is recorded but not uploaded: costs, every group's measured score), so the
+bytes that cross MPI shrink with sparsity.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ class ClientUpdate:
     values: np.ndarray  # float32: the delta at the elements selected by group_mask
     group_mask: np.ndarray | None  # bool (num_groups,), None: every element sent
     scores: np.ndarray | None  # float32 (num_groups,): importance, 0 for pruned groups
-    # Measured (fedmpi.measure) and planned (the strategy's device budget) costs of the client-round.
+    # float32 (num_groups,): every group's score as the client measured it, pruned ones too (recorded for
+    # Fig. 5; it travels with the metadata, not in the upload, which carries only the kept groups' scores)
+    measured_scores: np.ndarray | None = None
+    # Realised sparsity (Strategy.realised_sparsity), measured (fedmpi.measure) and planned (the
+    # strategy's device budget) costs of the client-round.
+    sparsity: float = 0.0
     peak_memory_bytes: float = math.nan
     device_seconds: float = math.nan  # CUDA-event seconds of the training (NaN on the CPU)
     saved_activation_bytes: int = 0
@@ -47,11 +53,11 @@ class ClientUpdate:
 
 
 _FIELDS = [f.name for f in fields(ClientUpdate)]
-COST_FIELDS = tuple(_FIELDS[_FIELDS.index("scores") + 1 :])  # the measured and planned figures above
+COST_FIELDS = tuple(_FIELDS[_FIELDS.index("measured_scores") + 1 :])  # the realised, measured and planned figures above
 
 
 def realised_sparsity(group_mask: np.ndarray | None) -> float:
-    """Share of the groups a client did not upload (0 when it sent everything)."""
+    """Share of the groups a client did not upload (0: it sent everything); ``Strategy.realised_sparsity``'s default."""
     return 0.0 if group_mask is None or group_mask.size == 0 else 1.0 - float(group_mask.mean())
 
 
@@ -71,9 +77,12 @@ def make_update(
     **record: float | int,
 ) -> ClientUpdate:
     values = np.ascontiguousarray(delta[selected_elements(group_index, group_mask)], dtype=np.float32)
+    measured = None if scores is None else np.asarray(scores, dtype=np.float32)
     if scores is not None and group_mask is not None:
         scores = np.where(group_mask, scores, 0).astype(np.float32)  # Eq. 7: pruned groups score 0
-    return ClientUpdate(values=values, group_mask=group_mask, scores=scores, **record)  # type: ignore[arg-type]
+    return ClientUpdate(  # type: ignore[arg-type]
+        values=values, group_mask=group_mask, scores=scores, measured_scores=measured, **record
+    )
 
 
 def densify(update: ClientUpdate, group_index: np.ndarray) -> np.ndarray:
@@ -101,6 +110,7 @@ def pack(updates: list[ClientUpdate]) -> tuple[np.ndarray, list[dict]]:
                 "seconds": u.seconds,
                 "ops": u.ops,
                 "paper_bytes": u.paper_bytes,
+                "measured_scores": u.measured_scores,
                 **{k: getattr(u, k) for k in COST_FIELDS},
                 "num_values": u.values.size,
                 "has_scores": kept_scores is not None,
@@ -137,6 +147,7 @@ def unpack(buffer: np.ndarray, meta: list[dict]) -> list[ClientUpdate]:
                 seconds=m["seconds"],
                 ops=m["ops"],
                 paper_bytes=m["paper_bytes"],
+                measured_scores=m["measured_scores"],
                 **{k: m[k] for k in COST_FIELDS},
                 values=values,
                 group_mask=mask,

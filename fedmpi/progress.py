@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from fedmpi.evaluation import EvalResult
-from fedmpi.payload import COST_FIELDS, ClientUpdate, realised_sparsity
+from fedmpi.payload import COST_FIELDS, ClientUpdate
 from fedmpi.results import ResultWriter
-from fedmpi.results_schema import ROUND_METRIC_COLUMNS
+from fedmpi.results_schema import CLIENT_GROUP_MASK, CLIENT_IMPORTANCE, CLIENT_MEASURED_IMPORTANCE, ROUND_METRIC_COLUMNS
 
 MIB = 2**20
 
@@ -53,6 +53,7 @@ class Progress:
         seconds: float,
         mpi_bytes: int,
         download_mpi: int = 0,
+        client_download_mpi: int = 0,  # one rank's copy of the round's broadcasts: each client's download over MPI
         download_paper: list[int] | None = None,  # per update, same order
         rejected: list[int] = (),
     ) -> None:
@@ -67,13 +68,13 @@ class Progress:
         losses = np.array([u.train_loss for u in accepted])
         train_loss = float((samples * losses).sum() / samples.sum()) if accepted else math.nan
         paper_bytes = sum(u.paper_bytes for u in updates)
-        sparsity = float(np.mean([realised_sparsity(u.group_mask) for u in updates])) if updates else 0.0
+        sparsity = float(np.mean([u.sparsity for u in updates])) if updates else 0.0
         eval_loss = evaluated.loss if evaluated else math.nan
         metric = evaluated.metric if evaluated else math.nan
         if writer is not None:
             self.metric_name = writer.metric
             if updates:
-                self._write_clients(writer, round_, updates, download_paper, rejected)
+                self._write_clients(writer, round_, updates, download_paper, client_download_mpi, rejected)
             writer.append_round(
                 {
                     "round": round_, "num_selected": len(updates), "train_loss": train_loss, "eval_loss": eval_loss,
@@ -108,7 +109,8 @@ class Progress:
 
     @staticmethod
     def _write_clients(
-        writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: list[int], rejected: list[int]
+        writer: ResultWriter, round_: int, updates: list[ClientUpdate], download_paper: list[int], download_mpi: int,
+        rejected: list[int],
     ) -> None:
         rows = {
             "round": np.full(len(updates), round_, dtype=np.int32),
@@ -119,18 +121,21 @@ class Progress:
             "upload_bytes_paper": [u.paper_bytes for u in updates],
             "upload_bytes_mpi": [u.wire_bytes for u in updates],
             "download_bytes_paper": np.asarray(download_paper, dtype=np.int64),
-            "download_bytes_mpi": np.zeros(len(updates), dtype=np.int64),  # no per-client state is sent yet
+            "download_bytes_mpi": np.full(len(updates), download_mpi, dtype=np.int64),
             "seconds": [u.seconds for u in updates],
             "ops": [u.ops for u in updates],
-            "sparsity": [realised_sparsity(u.group_mask) for u in updates],
-            **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},
+            **{k: [getattr(u, k) for u in updates] for k in COST_FIELDS},  # sparsity among them
             "rejected": [u.client in rejected for u in updates],
         }
         if writer.num_groups:
             n = writer.num_groups
             # NaN where the strategy measured no importance (FedAvg, random pruning).
-            rows["importance"] = np.stack([u.scores if u.scores is not None else np.full(n, np.nan, np.float32) for u in updates])
-            rows["group_mask"] = np.stack([u.group_mask if u.group_mask is not None else np.ones(n, bool) for u in updates])
+            missing = np.full(n, np.nan, np.float32)
+            rows[CLIENT_IMPORTANCE] = np.stack([u.scores if u.scores is not None else missing for u in updates])
+            everything = np.ones(n, bool)
+            rows[CLIENT_GROUP_MASK] = np.stack([everything if u.group_mask is None else u.group_mask for u in updates])
+            rows[CLIENT_MEASURED_IMPORTANCE] = np.stack([missing if u.measured_scores is None else u.measured_scores
+                                                         for u in updates])  # fmt: skip
         writer.append_clients(rows)
 
     def summary(self, path: Path) -> None:

@@ -189,9 +189,12 @@ class ResultWriter:
                 keep = int((f[group]["round"][:] <= state.round).sum())
                 for ds in f[group].values():
                     ds.resize(keep, axis=0)
-            for name, dtype in S.CLIENT_COST_COLUMNS.items():  # a file written before the column existed
+            num_groups = int(f.attrs[S.ATTR_NUM_GROUPS_TOTAL])
+            added = {**S.CLIENT_COST_COLUMNS, **(S.CLIENT_GROUP_COLUMNS if num_groups else {})}
+            for name, dtype in added.items():  # a file written before the column existed
                 if name not in f[S.GROUP_CLIENTS]:
-                    _column(f[S.GROUP_CLIENTS], name, dtype).resize(keep, axis=0)
+                    width = num_groups if name in S.CLIENT_GROUP_COLUMNS else None
+                    _column(f[S.GROUP_CLIENTS], name, dtype, width).resize(keep, axis=0)
                     f[S.GROUP_CLIENTS][name][:] = _MISSING.get(np.dtype(dtype).kind, 0)
             if S.GROUP_DEVICES not in f:
                 _write_devices(f, devices)
@@ -203,7 +206,7 @@ class ResultWriter:
             f.attrs[S.ATTR_RESUMED_NUM_RANKS] = np.array([*f.attrs.get(S.ATTR_RESUMED_NUM_RANKS, []), num_ranks], np.int32)
             f.attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
             writer.metric = f.attrs[S.ATTR_METRIC]
-            writer.num_groups = int(f.attrs[S.ATTR_NUM_GROUPS_TOTAL])
+            writer.num_groups = num_groups
         return writer, state
 
     @staticmethod

@@ -63,10 +63,11 @@ ROUND_COLUMNS: dict[str, str] = {
     # plus the full-size frozen-weight update of FLoRA / FedEx-LoRA), summed over the round's clients.
     "download_bytes_paper": "int64",
     # Really moved: bytes rank 0 sent this round (selection, round message, the new global vector,
-    # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count.
+    # frozen-weight updates, per-client private state); 0 on one rank, grows with the rank count:
+    # (ranks - 1) x the round's clients' download_bytes_mpi.
     "download_bytes_mpi": "int64",
     "seconds": "float64",  # wall time of the round
-    "sparsity": "float64",  # realised: mean over the round's clients of 1 - uploaded groups / groups
+    "sparsity": "float64",  # realised: mean of the round's clients' sparsity
     "ops": "float64",  # analytic OPs summed over the round's clients
     "num_rejected": "int32",  # client updates rejected as non-finite (server.on_nonfinite=skip)
 }
@@ -94,12 +95,16 @@ CLIENT_COLUMNS: dict[str, str] = {
     "upload_bytes_paper": "int64",
     "upload_bytes_mpi": "int64",
     "download_bytes_paper": "int64",  # this client's share of the round's download_bytes_paper
-    # Bytes sent to this client's rank for this client alone (its private state, e.g. FedSA-LoRA's B
-    # and task head); broadcasts reach a rank, not a client, and are counted per round only.
+    # What a rank receives over MPI to train this client this round: one copy of rank 0's broadcasts
+    # (pickled selection and round message, incl. FedSA-LoRA's private states of every selected client;
+    # the new global vector, raw fp32; frozen weights). Like upload_bytes_mpi, counted whether or not the
+    # client's rank is 0: the same on any number of ranks, and for every client of a round.
     "download_bytes_mpi": "int64",
     "seconds": "float64",
     "ops": "float64",
-    "sparsity": "float64",  # realised: 1 - uploaded groups / groups (0 when everything was sent)
+    # Realised (Strategy.realised_sparsity): 1 - uploaded groups / groups (0 when everything was sent);
+    # the LoRA strategies count heads only (strategy.head_pruning; 0 without it), never the A groups.
+    "sparsity": "float64",
     "rejected": "bool",  # the update was not finite and was left out of the aggregate
 }
 # Written by every run, optional for readers (files from before they existed lack them):
@@ -120,11 +125,16 @@ CLIENT_COST_COLUMNS: dict[str, str] = {
     # switches modules off. Per-module ranks are the group_mask summed over each /groups family.
     "skipped_modules": "int32",
 }
-CLIENT_IMPORTANCE = "importance"  # per group; NaN where the strategy measures none
+CLIENT_IMPORTANCE = "importance"  # per group, as uploaded: 0 for pruned groups; NaN where the strategy measures none
 CLIENT_GROUP_MASK = "group_mask"  # per group: uploaded
+# Per group, every group's score as the client measured it, pruned ones included (Fig. 5); NaN where the
+# strategy measures none. Added within format_version 3: files written before it lack it (readers must
+# not require it; output.resume adds it, NaN for the rows already there).
+CLIENT_MEASURED_IMPORTANCE = "measured_importance"
 CLIENT_GROUP_COLUMNS: dict[str, str] = {
     CLIENT_IMPORTANCE: "float32",
     CLIENT_GROUP_MASK: "bool",
+    CLIENT_MEASURED_IMPORTANCE: "float32",
 }
 
 # --- /groups: only when num_groups_total > 0; one row per family (a module owning consecutive groups:

@@ -19,7 +19,7 @@ import torch
 
 from fedmpi import accounting, output_files, runtime, seeding
 from fedmpi.client import LocalTrainer
-from fedmpi.comm import Communicator, RankFailure, collective
+from fedmpi.comm import Communicator, RankFailure, collective, pickled_size
 from fedmpi.config import Config
 from fedmpi.devices import profile_table
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
@@ -249,12 +249,17 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int) -
     )
 
 
-def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[ClientUpdate] | None, int]:
-    """One round's training and aggregation; also the bytes rank 0 sent (the download over MPI)."""
+def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[ClientUpdate] | None, int, int]:
+    """One round's training and aggregation; also the bytes rank 0 sent (the download over MPI, every
+    rank's copy) and, on rank 0, one rank's copy of them (each client's download over MPI; 0 elsewhere)."""
     server = parts.server
     before = comm.bytes_moved
-    selected = server.select(round_) if server else None
-    selected, message = comm.bcast((selected, server.strategy.round_message(round_, selected)) if server else None)
+    sent = None
+    if server is not None:
+        selected = server.select(round_)
+        sent = (selected, server.strategy.round_message(round_, selected))
+    copy = 0 if sent is None else pickled_size(sent)
+    selected, message = comm.bcast(sent)
     download = comm.bytes_moved - before
     plan = assign_by_work(selected, parts.client_work, parts.worker_ranks, parts.clients_per_step)
     mine = plan.get(comm.rank, [])
@@ -272,18 +277,22 @@ def _train_round(comm: Communicator, parts: _Parts, round_: int) -> tuple[list[C
         parts.params[:] = parts.server.params
     before = comm.bytes_moved
     comm.bcast_array(parts.params)
-    _sync_frozen_weights(comm, parts)
-    return gathered, download + comm.bytes_moved - before
+    frozen = _sync_frozen_weights(comm, parts)
+    if server is not None:
+        copy += parts.params.nbytes + frozen
+    return gathered, download + comm.bytes_moved - before, copy
 
 
-def _sync_frozen_weights(comm: Communicator, parts: _Parts) -> None:
-    """Every rank's model takes rank 0's frozen weights, for strategies that move them (FLoRA, FedEx-LoRA)."""
+def _sync_frozen_weights(comm: Communicator, parts: _Parts) -> int:
+    """Every rank's model takes rank 0's frozen weights, for strategies that move them (FLoRA, FedEx-LoRA);
+    the bytes of one rank's copy (0: none moved)."""
     strategy = parts.worker.strategy
     if not strategy.moves_frozen_weights:
-        return
+        return 0
     frozen = strategy.frozen_weights() if parts.server is not None else strategy.frozen_weights().copy()
     comm.bcast_array(frozen)  # on ranks > 0 the local copy is only the buffer's shape
     strategy.set_frozen_weights(parts.worker.trainer.bundle.model, frozen)
+    return frozen.nbytes
 
 
 def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Path | None:
@@ -301,7 +310,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
             _sync_frozen_weights(comm, parts)
         for round_ in range(first_round, cfg.server.num_rounds + 1):
             start, moved = time.perf_counter(), comm.bytes_moved
-            updates, download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0)
+            updates, download_mpi, client_download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0, 0)
             last = round_ == cfg.server.num_rounds
             evaluate = round_ % cfg.server.eval_every == 0 or last
             evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size, round_) if evaluate else None
@@ -313,6 +322,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
                 progress.round(
                     writer, round_, cfg.server.num_rounds, ordered, evaluated,
                     seconds=time.perf_counter() - start, mpi_bytes=comm.bytes_moved - moved, download_mpi=download_mpi,
+                    client_download_mpi=client_download_mpi,
                     download_paper=[server.strategy.download_bytes(u.client, adapter_bytes) for u in ordered],
                     rejected=server.rejected if round_ > 0 else [],
                 )  # fmt: skip

@@ -22,7 +22,7 @@ from fedmpi.batched import GroupTrainer
 from fedmpi.client import LocalResult, LocalTrainer
 from fedmpi.data import Partition, TokenizedSplit
 from fedmpi.evaluation import evaluate_batches
-from fedmpi.payload import ClientUpdate, make_update, realised_sparsity
+from fedmpi.payload import ClientUpdate, make_update
 from fedmpi.models.groups import GroupMap
 from fedmpi.strategies import ClientContext, Strategy
 
@@ -116,6 +116,7 @@ class Worker:
 
     def _update(self, ctx: ClientContext, indices: np.ndarray, result: LocalResult, mask, scores) -> ClientUpdate:
         strategy, usage = self.strategy, result.usage
+        sparsity = strategy.realised_sparsity(ctx, mask)
         return make_update(
             result.delta,
             self.groups.group_index,
@@ -126,7 +127,8 @@ class Worker:
             num_samples=int(indices.size),
             train_loss=result.train_loss,
             seconds=result.seconds,
-            ops=self.ops_per_sample(realised_sparsity(mask)) * indices.size * self.num_epochs,
+            ops=self.ops_per_sample(sparsity) * indices.size * self.num_epochs,
+            sparsity=sparsity,
             paper_bytes=strategy.upload_bytes(self.upload_size, mask),
             peak_memory_bytes=usage.peak_memory_bytes,
             saved_activation_bytes=usage.saved_activation_bytes,

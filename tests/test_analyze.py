@@ -157,6 +157,23 @@ def test_importance_matrix_and_client_distance(killed_file: Path) -> None:
     np.testing.assert_allclose(analyze.client_distance(run), expected)
 
 
+def test_importance_is_every_heads_measured_score_where_recorded(tmp_path: Path, killed_file: Path) -> None:
+    """Fig. 5's numbers: measured_importance (pruned heads included), not the uploaded scores (0 for pruned heads);
+    a file from before that column (killed_file) gives its uploaded scores."""
+    assert not analyze.has_measured_importance(analyze.load_run(killed_file))
+    rounds = {"round": [0, 1], "num_selected": [0, 2], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
+              "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
+              "seconds": [1.0, 1.0], "sparsity": [0.0, 0.5], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
+    mask = np.array([[True, False, True, False], [False, True, False, True]])
+    measured = np.array([[4, 1, 3, 2], [1, 4, 2, 3]], np.float32)
+    clients = _clients([(1, 0), (1, 1)], importance=measured * mask, group_mask=mask, measured_importance=measured)
+    groups = {"family_names": ["attn"], "family_kinds": ["self"], "num_groups": [4]}
+    run = analyze.load_run(write_result(tmp_path / "m.h5", rounds, clients, run_name="m", config_yaml="", groups=groups))
+    assert analyze.has_measured_importance(run)
+    np.testing.assert_array_equal(analyze.importance_matrix(run, round=1)[:2], measured)
+    np.testing.assert_allclose(analyze.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
+
+
 def test_importance_needs_groups(complete_file: Path) -> None:
     with pytest.raises(ValueError, match="no group importance"):
         analyze.importance_matrix(analyze.load_run(complete_file))

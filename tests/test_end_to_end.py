@@ -53,11 +53,11 @@ def _same(a, b):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         for col in ("round", "train_loss", "eval_loss", "eval_metric", "upload_bytes_paper", "ops"):
             np.testing.assert_array_equal(fa["rounds"][col][:], fb["rounds"][col][:], err_msg=col)
-        for col in ("client", "train_loss", "num_samples", "upload_bytes_paper", "upload_bytes_mpi"):
+        for col in ("client", "train_loss", "num_samples", "upload_bytes_paper", "upload_bytes_mpi", "download_bytes_mpi"):
             np.testing.assert_array_equal(fa["clients"][col][:], fb["clients"][col][:], err_msg=col)
         if "importance" in fa["clients"]:
-            np.testing.assert_array_equal(fa["clients/importance"][:], fb["clients/importance"][:])
-            np.testing.assert_array_equal(fa["clients/group_mask"][:], fb["clients/group_mask"][:])
+            for col in S.CLIENT_GROUP_COLUMNS:  # importance, group_mask, measured_importance
+                np.testing.assert_array_equal(fa["clients"][col][:], fb["clients"][col][:], err_msg=col)
         np.testing.assert_array_equal(fa[S.FINAL_TRAINABLE][:], fb[S.FINAL_TRAINABLE][:])
 
 
@@ -113,6 +113,9 @@ def test_result_file_layout_and_analyze(one_rank):
     assert np.all(per_client == per_client[0]) and np.all(per_client > run.clients["upload_bytes_paper"])
     np.testing.assert_array_equal(run.rounds["download_bytes_paper"], [0, 5 * per_client[0], 5 * per_client[0]])
     assert np.all(run.rounds["download_bytes_mpi"] == 0)  # one process: nothing crosses MPI
+    # What a rank would receive to train each client: the global vector (raw fp32) and the pickled selection.
+    mpi = run.clients["download_bytes_mpi"]
+    assert np.all(mpi == mpi[0]) and 4 * run.final_trainable.size < mpi[0] < 4 * run.final_trainable.size + 1000
 
 
 @pytest.mark.mpi
@@ -154,6 +157,7 @@ def test_bytes_crossing_mpi_shrink_with_sparsity(tmp_path):
         download = int(run.rounds["download_bytes_mpi"][1])
         # The new global vector to the other rank, plus the pickled selection (a few hundred bytes).
         assert 4 * run.final_trainable.size < download < 4 * run.final_trainable.size + 1000
+        assert np.all(run.clients["download_bytes_mpi"] == download)  # one copy per client: 2 ranks send one
         downloads.add(download)
     assert len(downloads) == 1  # the global vector is broadcast whole at any sparsity
     assert moved[0.0][0] > moved[0.5][0] > moved[0.75][0]  # what rank 0 really received and sent

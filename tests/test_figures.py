@@ -52,8 +52,15 @@ def test_labels_and_distances_from_real_runs(result_files):
     assert method_label(runs["ours75-dir"]) == "Ours (importance_exclude=eos+bos) / random"
     rounds, distances = round_distances(runs["ours50"])
     np.testing.assert_array_equal(rounds, [1, 2])
-    imp = runs["ours50"].clients[rs.CLIENT_IMPORTANCE]
-    assert distances[0] == pytest.approx(np.linalg.norm(imp[0] - imp[1]), rel=1e-6)
+    # Fig. 5 is over every head's measured score; the upload holds only the kept heads' (0 for the others).
+    c = runs["ours50"].clients
+    measured, uploaded, kept = (c[k].astype(np.float64) for k in (rs.CLIENT_MEASURED_IMPORTANCE, rs.CLIENT_IMPORTANCE,
+                                                                  rs.CLIENT_GROUP_MASK))  # fmt: skip
+    kept = kept.astype(bool)
+    assert (~kept).any() and (measured[~kept] > 0).all() and (uploaded[~kept] == 0).all()
+    np.testing.assert_array_equal(measured[kept], uploaded[kept])
+    assert distances[0] == pytest.approx(np.linalg.norm(measured[0] - measured[1]), rel=1e-6)
+    assert distances[0] != pytest.approx(np.linalg.norm(uploaded[0] - uploaded[1]), rel=1e-6)
 
 
 def test_figures_need_no_torch():

@@ -196,6 +196,21 @@ def test_masks_before_training_and_rolora_rounds(bundle):
         assert np.flatnonzero(uploaded[:8]).tolist() == (KEPT[0] if factor == "B" else [])  # A rounds: no head to send
 
 
+def test_realised_sparsity_is_the_share_of_heads_pruned(bundle):
+    """What a client-round records as its sparsity (and its analytic OPs use): the heads it did not send, of the
+    heads. FFA-LoRA's frozen A and RoLoRA's untrained factor are the method, not pruning."""
+    for name, round_, want in (("ffa_lora", 1, 0.5), ("rolora", 1, 0.5), ("rolora", 2, 0.0), ("fedit", 1, 0.5)):
+        strategy = build(bundle, name, "strategy.head_pruning.sparsity=0.5")
+        _, updates, _ = one_round(bundle, strategy, round_)
+        message = strategy.round_message(round_, np.arange(3))
+        got = [strategy.realised_sparsity(ClientContext(u.client, round_, u.num_samples, np.random.default_rng(0), message),
+                                          u.group_mask) for u in updates]  # fmt: skip
+        assert got == [want] * 3, (name, round_)
+    plain = build(bundle, "ffa_lora")  # no pruning: A never sent, nothing pruned
+    ctx = ClientContext(0, 1, 3, np.random.default_rng(0))
+    assert plain.realised_sparsity(ctx, plain.upload_mask(ctx, None, plain.train_mask(ctx, lambda: None))) == 0.0
+
+
 @pytest.mark.parametrize("name, why", [
     ("hetlora", "rank triplet"), ("flexlora", "SVD mixes the rows of every head"), ("fedsa_lora", "stays on each client"),
 ])  # fmt: skip

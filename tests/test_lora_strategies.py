@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from conftest import TINY_RUN
 
+from fedmpi import accounting
 from fedmpi.analyze import load_run
 from fedmpi.comm import LocalComm
 from fedmpi.config import load_config
 from fedmpi.lora_rules import client_weights
+from fedmpi.models import hf_model
 from fedmpi.models.lora_factors import base_slices
 from fedmpi.payload import densify
 from fedmpi.progress import Progress
@@ -171,6 +173,22 @@ def test_head_pruning_inside_a_lora_strategy(tmp_path, monkeypatch, name):
             np.testing.assert_allclose(now[i], want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["ffa_lora", "rolora"])
+def test_recorded_sparsity_and_ops_count_the_pruned_heads(tmp_path, monkeypatch, name):
+    """At head_pruning.sparsity=0.9 a client keeps 1 of tiny BERT's 8 heads: it records 7/8 and its OPs are the
+    paper's at 7/8, though it sends no A either (FFA-LoRA never, RoLoRA in B rounds); RoLoRA's A rounds prune nothing."""
+    seen = one_round(tmp_path, monkeypatch, "tiny-bert", f"strategy.name={name}", "strategy.head_pruning.sparsity=0.9",
+                     "server.num_rounds=2")  # fmt: skip
+    clients, rounds = load_run(tmp_path / "r.h5").clients, load_run(tmp_path / "r.h5").rounds
+    want = {1: 7 / 8, 2: 7 / 8 if name == "ffa_lora" else 0.0}
+    np.testing.assert_array_equal(clients["sparsity"], [want[r] for r in clients["round"]])
+    np.testing.assert_array_equal(rounds["sparsity"][1:], [want[1], want[2]])
+    dims = accounting.attention_dims(hf_model(seen["strategy"].run.model).config)
+    ops = [accounting.ops_per_sequence(dims, rank=4, sparsity=want[r]) * n
+           for r, n in zip(clients["round"], clients["num_samples"])]  # fmt: skip
+    np.testing.assert_allclose(clients["ops"], ops, rtol=1e-12)
+
+
 def test_fedprox_at_mu_zero_is_fedavg_bit_for_bit(tmp_path):
     common = [*TINY_RUN, *ROUND, "model.name=tiny-bert", f"output.dir={tmp_path}"]
     paths = [run(load_config(None, [*common, f"output.name={n}", *extra]), LocalComm(), Progress(enabled=False))
@@ -217,4 +235,9 @@ def test_one_and_three_ranks_agree_bit_for_bit(tmp_path, name):
     proc = run_launch([*args, "output.name=n3"], ranks=3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _same(one, tmp_path / "n3.h5")
-    assert load_run(tmp_path / "n3.h5").rounds["download_bytes_mpi"][1] > 0
+    three = load_run(tmp_path / "n3.h5")
+    assert three.rounds["download_bytes_mpi"][1] > 0
+    # Rank 0 sends ranks 1 and 2 one copy each of what every client's row counts (FLoRA: the frozen weights too).
+    for r in (1, 2):
+        np.testing.assert_array_equal(2 * three.clients["download_bytes_mpi"][three.clients["round"] == r],
+                                      three.rounds["download_bytes_mpi"][r])

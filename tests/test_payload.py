@@ -22,6 +22,7 @@ def test_update_carries_dense_part_and_kept_heads_only():
     u = _update(0, np.array([False, True, False]), np.array([0.3, 0.9, 0.2], np.float32))
     np.testing.assert_array_equal(u.values, [0, 1, 4, 5])
     np.testing.assert_array_equal(u.scores, np.array([0, 0.9, 0], np.float32))  # Eq. 7: pruned heads score 0
+    np.testing.assert_array_equal(u.measured_scores, np.array([0.3, 0.9, 0.2], np.float32))  # recorded, not uploaded
     np.testing.assert_array_equal(densify(u, HEAD_INDEX), [0, 1, 0, 0, 4, 5, 0, 0])
     assert u.wire_bytes == 4 * 4 + 4 * 1 + 1
 
@@ -38,6 +39,9 @@ def test_pack_unpack_round_trip():
     for a, b in zip(updates, back):
         assert a.client == b.client
         np.testing.assert_array_equal(a.values, b.values)
+        assert (a.measured_scores is None) == (b.measured_scores is None)
+        if a.measured_scores is not None:
+            np.testing.assert_array_equal(a.measured_scores, b.measured_scores)
         if a.group_mask is None:
             assert b.group_mask is None
         else:

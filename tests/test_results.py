@@ -29,7 +29,8 @@ def _client_rows(n: int, round_: int) -> dict[str, np.ndarray]:
     rows["round"][:] = round_
     rows["client"] = np.arange(n, dtype=np.int64)
     rows["skipped_modules"][:] = 2
-    return {**rows, S.CLIENT_IMPORTANCE: np.zeros((n, 2), np.float32), S.CLIENT_GROUP_MASK: np.ones((n, 2), bool)}
+    return {**rows, S.CLIENT_IMPORTANCE: np.zeros((n, 2), np.float32), S.CLIENT_GROUP_MASK: np.ones((n, 2), bool),
+            S.CLIENT_MEASURED_IMPORTANCE: np.ones((n, 2), np.float32)}  # fmt: skip
 
 
 def _round_row(round_: int) -> dict[str, float]:
@@ -58,18 +59,20 @@ def test_no_classes_and_files_from_before_the_table(tmp_path):
     with h5py.File(tmp_path / "none.h5") as f:
         assert f[S.GROUP_DEVICES]["name"].shape == (0,)  # written, with no rows
     assert analyze.load_run(tmp_path / "none.h5").devices == {}
-    # An older file: no /devices and no skipped_modules column; it reads, and a resume adds both.
+    # An older file: no /devices, no skipped_modules and no measured_importance column; it reads, and a resume adds them.
     path = tmp_path / "old.h5"
     writer = _writer(path, None)
     writer.append_clients(_client_rows(3, 1))
     writer.append_round(_round_row(1))
     writer.checkpoint(ServerState(1, np.ones(4, np.float32), np.zeros(4), np.ones(4, np.int32), 0.5))
     with h5py.File(path, "r+") as f:
-        del f[S.GROUP_DEVICES], f[S.GROUP_CLIENTS]["skipped_modules"]
+        del f[S.GROUP_DEVICES], f[S.GROUP_CLIENTS]["skipped_modules"], f[S.GROUP_CLIENTS][S.CLIENT_MEASURED_IMPORTANCE]
     old = analyze.load_run(path)
-    assert old.devices == {} and "skipped_modules" not in old.clients
+    assert old.devices == {} and "skipped_modules" not in old.clients and not analyze.has_measured_importance(old)
     assert "devices" not in analyze.format_run(analyze.summarize(old))
     ResultWriter.resume(path, config_yaml=load_config().to_yaml(), num_ranks=1, devices=profile_table(PROFILE, 4))
     back = analyze.load_run(path)
     assert back.devices["name"].tolist() == ["phone", "laptop"]
     assert back.clients["skipped_modules"].tolist() == [-1, -1, -1]  # unknown for the rows written before
+    measured = back.clients[S.CLIENT_MEASURED_IMPORTANCE]
+    assert measured.shape == (3, 2) and np.isnan(measured).all()

@@ -15,7 +15,7 @@ import os
 import traceback
 from typing import Callable, TypeVar
 
-from fedmpi.comm.base import Communicator, LocalComm
+from fedmpi.comm.base import Communicator, LocalComm, pickled_size
 
 T = TypeVar("T")
 
@@ -156,5 +156,5 @@ def collective(comm: Communicator, phase: str, work: Callable[[], T], *, warmup:
 
 __all__ = [
     "Communicator", "LocalComm", "PhaseTimeout", "RankFailure", "collective", "create_comm", "debug_enabled",
-    "alone_in_world_message", "describe_error", "launched_by_mpi", "launcher_rank", "launcher_size",
+    "alone_in_world_message", "describe_error", "launched_by_mpi", "launcher_rank", "launcher_size", "pickled_size",
 ]

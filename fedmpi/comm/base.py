@@ -9,9 +9,15 @@ boundaries in ``bytes_moved``.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+
+def pickled_size(obj: Any) -> int:
+    """Bytes one rank receives when ``obj`` is broadcast by the pickling ``bcast`` (``bytes_moved`` per copy)."""
+    return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @runtime_checkable

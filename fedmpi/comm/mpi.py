@@ -10,12 +10,13 @@ the ranks that never arrived instead of waiting for them forever.
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
+
+from fedmpi.comm.base import pickled_size
 
 
 class MPIComm:
@@ -34,7 +35,7 @@ class MPIComm:
         self.phase_timeout: float | None = None
 
     def _count_pickle(self, obj: Any, copies: int) -> None:
-        self.bytes_moved += copies * len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        self.bytes_moved += copies * pickled_size(obj)
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         if self.rank == root:

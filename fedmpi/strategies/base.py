@@ -22,7 +22,7 @@ from torch import nn
 
 from fedmpi.devices import client_classes
 from fedmpi.models.groups import GroupMap
-from fedmpi.payload import ClientUpdate
+from fedmpi.payload import ClientUpdate, realised_sparsity
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,11 @@ class Strategy:
     def group_scores(self, scores: np.ndarray | None) -> np.ndarray | None:
         """The scores an update records, one per group, from what the client measured; default: as measured."""
         return scores
+
+    def realised_sparsity(self, ctx: ClientContext, mask: np.ndarray | None) -> float:
+        """The share of its groups a client pruned, given the groups it uploaded: recorded, and the sparsity
+        of its analytic OPs. Default: the share of the groups it did not upload (0 when it sent everything)."""
+        return realised_sparsity(mask)
 
     def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
         """Callbacks around the client's local training (default: none)."""

@@ -76,6 +76,11 @@ class LoraStrategy(Strategy):
     def group_scores(self, scores: np.ndarray | None) -> np.ndarray | None:
         return scores if self.pruning is None else self.pruning.group_scores(scores)
 
+    def realised_sparsity(self, ctx: ClientContext, mask: np.ndarray | None) -> float:
+        """The share of the heads the client pruned (``strategy.head_pruning``), else 0: an A that stays frozen
+        or is not sent, a private B or a client's lower rank is the method, not pruning."""
+        return 0.0 if self.pruning is None else self.pruning.realised_sparsity(self.factor_train_mask(ctx), mask)
+
     @property
     def importance(self) -> str | None:  # type: ignore[override]
         return None if self.pruning is None else self.pruning.importance

@@ -9,10 +9,12 @@ The strategy's factor mask (``LoraStrategy.factor_train_mask``) becomes a mask o
 then, as in ``head_pruning``: each client keeps its top (1 - sparsity) heads by confidence
 (Eq. 7) or a random share (B2), chosen before training (``pre_train``: only kept heads train)
 or after it (``post_train``), and uploads only the kept heads' rows of B. A is shared by every
-head and is never pruned. The server turns the masks into ``HeadWeights``: head h's weight of
-client c is its score alpha_hc (Eq. 8, ``weighting: importance``) or p_c (``samples``), over the
-clients that kept h, normalised per head; the strategy's rule applies them to B's rows (and to
-the products B_c A_c row by row), and p_c to A and the task head.
+head and is never pruned, so a client's realised sparsity is the share of the heads it did not
+upload (0 in RoLoRA's A rounds, which prune nothing). The server turns the masks into
+``HeadWeights``: head h's weight of client c is its score alpha_hc (Eq. 8, ``weighting:
+importance``) or p_c (``samples``), over the clients that kept h, normalised per head; the
+strategy's rule applies them to B's rows (and to the products B_c A_c row by row), and p_c to
+A and the task head.
 
 Where it does not apply (config errors naming why): HetLoRA and FlexLoRA, whose rank triplets
 cut across heads (and FlexLoRA's SVD mixes every head's rows), and FedSA-LoRA, whose B never
@@ -93,6 +95,13 @@ class LoraHeadPruning:
 
     def upload_mask(self, ctx: ClientContext, scores: np.ndarray | None, trained: np.ndarray) -> np.ndarray:
         return trained if self.options.mask_timing == "pre_train" else self._keep(ctx, trained, scores)
+
+    def realised_sparsity(self, factor_mask: np.ndarray | None, uploaded: np.ndarray) -> float:
+        """The share of the heads a client did not upload, of the heads (the A groups are not pruned);
+        0 when its strategy trains no B this round (RoLoRA's A rounds: nothing was pruned)."""
+        if not self.from_factors(factor_mask)[: self.num_heads].any():
+            return 0.0
+        return 1.0 - float(uploaded[: self.num_heads].mean())
 
     def group_scores(self, scores: np.ndarray | None) -> np.ndarray | None:
         """Per-head scores with a 0 for every A group (A is not scored)."""
