@@ -124,7 +124,7 @@ def run_variant(comm, device, args, scale: dict, method: str, clients_per_step: 
     trainer = LocalTrainer(bundle, train, cfg, device=device, seed=SEED, confidence=confidence, groups=strategy.groups,
                            precision=args.precision, dropout=False)  # fmt: skip
     worker = Worker(trainer, strategy, partition, train, rank=comm.rank, seed=SEED,
-                    ops_per_sample=lambda sparsity: math.nan, num_epochs=1, clients_per_step=clients_per_step)
+                    ops_per_sample=lambda sparsity, rank=None: math.nan, num_epochs=1, clients_per_step=clients_per_step)
     params = bundle.layout.get_flat(bundle.model).cpu().numpy()
     initial = params.copy()
     server = Server(ServerConfig(num_clients_per_round=num), strategy, num, params, SEED)

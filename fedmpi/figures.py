@@ -58,7 +58,11 @@ def method_label(run: Run) -> str:
 
 
 def sparsity_of(run: Run) -> float:
-    return 0.0 if _get(run.config, "strategy.name") == "fedavg" else float(_get(run.config, "strategy.sparsity", 0.0))
+    """The configured head-pruning sparsity: ``strategy.sparsity`` (head_pruning) or, for the LoRA strategies,
+    ``strategy.head_pruning.sparsity``; 0 where nothing is head-pruned."""
+    if _get(run.config, "strategy.name") == "head_pruning":
+        return float(_get(run.config, "strategy.sparsity", 0.0))
+    return float(_get(run.config, "strategy.head_pruning.sparsity", 0.0) or 0.0)
 
 
 def partition_label(run: Run) -> str:

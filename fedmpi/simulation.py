@@ -130,8 +130,9 @@ def _partition(cfg: Config, train: TokenizedSplit) -> Partition:
     return partition_dirichlet(train.labels, d.num_clients, d.dirichlet_alpha, rng)
 
 
-def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float]:
-    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity.
+def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float, int | None], float]:
+    """The paper's analytic OPs of one training sequence (Appendix A, T = 512), given the sparsity and
+    the client's LoRA rank (None: ``peft.lora.rank``; HetLoRA and FlexLoRA clients train their own).
 
     NaN where its rules do not apply: another architecture, adapters other than head-pruned
     LoRA (layer finetuning's and FedARA's planned or measured costs are recorded instead), or
@@ -140,11 +141,12 @@ def _ops_per_sample(bundle: ModelBundle, cfg: Config) -> Callable[[float], float
     try:
         dims = accounting.attention_dims(hf_model(bundle.model).config)
     except ValueError:  # an architecture the paper's OPs rules do not cover
-        return lambda sparsity: float("nan")
+        return lambda sparsity, rank=None: float("nan")
     if not STRATEGIES[cfg.strategy.name].paper_ops:
-        return lambda sparsity: float("nan")
-    return lambda sparsity: (
-        accounting.ops_per_sequence(dims, peft=cfg.peft.method, rank=cfg.peft.lora.rank, sparsity=sparsity)
+        return lambda sparsity, rank=None: float("nan")
+    return lambda sparsity, rank=None: (
+        accounting.ops_per_sequence(dims, peft=cfg.peft.method, rank=cfg.peft.lora.rank if rank is None else rank,
+                                    sparsity=sparsity)
         if sparsity < 1 else float("nan")
     )
 

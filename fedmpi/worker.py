@@ -52,7 +52,7 @@ class Worker:
         *,
         rank: int,
         seed: int,
-        ops_per_sample: Callable[[float], float],
+        ops_per_sample: Callable[[float, int | None], float],
         num_epochs: int,
         clients_per_step: int = 1,
         eval_examples: np.ndarray | None = None,
@@ -63,7 +63,7 @@ class Worker:
         self.eval_split = eval_split
         self.rank = rank
         self.seed = seed
-        self.ops_per_sample = ops_per_sample  # the paper's analytic OPs of one sequence, given the sparsity
+        self.ops_per_sample = ops_per_sample  # the paper's analytic OPs of one sequence, given the sparsity and LoRA rank
         self.num_epochs = num_epochs
         self.groups = strategy.groups
         self.upload_size = UploadSizer(self.groups, trainer.bundle.layout.element_task_head_mask())
@@ -127,7 +127,7 @@ class Worker:
             num_samples=int(indices.size),
             train_loss=result.train_loss,
             seconds=result.seconds,
-            ops=self.ops_per_sample(sparsity) * indices.size * self.num_epochs,
+            ops=self.ops_per_sample(sparsity, strategy.lora_rank(ctx)) * indices.size * self.num_epochs,
             sparsity=sparsity,
             paper_bytes=strategy.upload_bytes(self.upload_size, mask),
             peak_memory_bytes=usage.peak_memory_bytes,

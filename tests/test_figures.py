@@ -11,7 +11,7 @@ from conftest import REPO, TINY_RUN, run_here
 
 from fedmpi import results_schema as rs
 from fedmpi.analyze import load_run, main
-from fedmpi.figures import method_label, round_distances
+from fedmpi.figures import method_label, round_distances, sparsity_of
 
 RUNS = {
     "b1": ["strategy.name=fedavg"],
@@ -67,3 +67,16 @@ def test_figures_need_no_torch():
     code = "import sys; sys.modules['torch'] = None; import fedmpi.figures, fedmpi.analyze"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(("strategy", "want"), [
+    ({"name": "fedavg"}, 0.0),
+    ({"name": "head_pruning", "sparsity": 0.75}, 0.75),
+    ({"name": "ffa_lora", "head_pruning": {"sparsity": 0.5}}, 0.5),
+    ({"name": "fedex_lora", "head_pruning": None}, 0.0),
+])  # fmt: skip
+def test_fig4_reads_the_sparsity_setting_of_every_pruning_strategy(strategy, want):
+    class Run:
+        config = {"strategy": strategy}
+
+    assert sparsity_of(Run()) == want

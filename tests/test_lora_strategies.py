@@ -189,6 +189,20 @@ def test_recorded_sparsity_and_ops_count_the_pruned_heads(tmp_path, monkeypatch,
     np.testing.assert_allclose(clients["ops"], ops, rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["hetlora", "flexlora"])
+def test_ops_use_each_clients_own_rank(tmp_path, monkeypatch, name):
+    """A rank-r_c client's analytic OPs are the paper's at r_c (not peft.lora.rank); nothing is head-pruned."""
+    seen = one_round(tmp_path, monkeypatch, "tiny-bert", f"strategy.name={name}", *RANKS)
+    clients = load_run(tmp_path / "r.h5").clients
+    strategy = seen["strategy"]
+    ranks = strategy.client_rank[clients["client"]]
+    assert set(ranks) == {2, 4}  # both classes took part, so the test tells the two rules apart
+    np.testing.assert_array_equal(clients["sparsity"], 0.0)
+    dims = accounting.attention_dims(hf_model(strategy.run.model).config)
+    ops = [accounting.ops_per_sequence(dims, rank=int(r), sparsity=0.0) * n for r, n in zip(ranks, clients["num_samples"])]
+    np.testing.assert_allclose(clients["ops"], ops, rtol=1e-12)
+
+
 def test_fedprox_at_mu_zero_is_fedavg_bit_for_bit(tmp_path):
     common = [*TINY_RUN, *ROUND, "model.name=tiny-bert", f"output.dir={tmp_path}"]
     paths = [run(load_config(None, [*common, f"output.name={n}", *extra]), LocalComm(), Progress(enabled=False))

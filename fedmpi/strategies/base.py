@@ -174,6 +174,10 @@ class Strategy:
         of its analytic OPs. Default: the share of the groups it did not upload (0 when it sent everything)."""
         return realised_sparsity(mask)
 
+    def lora_rank(self, ctx: ClientContext) -> int | None:
+        """The LoRA rank the client trains, for its analytic OPs; None: ``peft.lora.rank`` (default)."""
+        return None
+
     def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
         """Callbacks around the client's local training (default: none)."""
         return LocalHooks()

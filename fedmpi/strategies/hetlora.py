@@ -70,6 +70,9 @@ class RankedLora(LoraStrategy):
     def train_mask(self, ctx: ClientContext, score) -> np.ndarray:
         return rank_mask(self.factors, int(self.client_rank[ctx.client]))
 
+    def lora_rank(self, ctx: ClientContext) -> int:
+        return int(self.client_rank[ctx.client])
+
     def local_hooks(self, ctx: ClientContext, trained: np.ndarray | None) -> LocalHooks:
         r = int(self.client_rank[ctx.client])
         return ClientScaling(self.layers, [client_scaling(f, r) for f in self.factors])
