@@ -58,6 +58,13 @@ METHODS: dict[str, tuple[str, ...]] = {
                  "strategy.mask_timing=pre_train"),
     "Ours+pre+removed": (*PRUNING, "strategy.pruning=importance", "strategy.weighting=importance",
                          "strategy.mask_timing=pre_train", "strategy.pruned_heads=removed"),
+    # Which heads survive decides whether a removed-heads client still sees its input: random heads,
+    # and importance without the [CLS]/BOS sinks.
+    "B2+pre+removed": (*PRUNING, "strategy.pruning=random", "strategy.weighting=samples",
+                       "strategy.mask_timing=pre_train", "strategy.pruned_heads=removed"),
+    "Ours+eos+bos+pre+removed": (*PRUNING, "strategy.pruning=importance", "strategy.weighting=importance",
+                                 "strategy.importance_exclude=eos+bos", "strategy.mask_timing=pre_train",
+                                 "strategy.pruned_heads=removed"),
 }
 SELECTIONS = ("random", "loss", "cyclic")
 
@@ -226,7 +233,8 @@ def tables(rows: Sequence[dict[str, Any]], last_k: int) -> tuple[list[list[str]]
                               *(_pm(mean_sd_ci([r[k] for r in group])) for k in ("final", "best", "last_k"))])
     comparisons = [(m, "B2") for m in METHODS if m.startswith("Ours")] + [(m, "B1") for m in METHODS if m != "B1"]
     comparisons += [("Ours+eos+bos", "Ours"), ("Ours+eos+bos+uploaded", "Ours"), ("Ours+pre", "Ours"),
-                    ("Ours+pre+removed", "Ours+pre")]
+                    ("Ours+pre+removed", "Ours+pre"), ("B2+pre+removed", "Ours+pre+removed"),
+                    ("Ours+eos+bos+pre+removed", "Ours+pre+removed")]
     diffs = []
     for a, b in comparisons:
         d = {k: paired(rows, a, b, k) for k in ("final", "best", "last_k")}
