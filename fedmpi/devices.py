@@ -10,20 +10,17 @@ the split is exact, every rank computes the same table, and the number of ranks 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 import numpy as np
 
 from fedmpi import seeding
+from fedmpi.config_section import Section
 
 SHARE_TOLERANCE = 1e-6
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class DeviceClass(_Section):
+class DeviceClass(Section):
     """One kind of device and its per-round budgets."""
 
     name: str = Field(min_length=1)
@@ -34,7 +31,7 @@ class DeviceClass(_Section):
     share: float = Field(1.0, gt=0, le=1)  # share of the clients owning this class
 
 
-class DevicesConfig(_Section):
+class DevicesConfig(Section):
     """The ``devices:`` section: no classes means unconstrained devices."""
 
     classes: tuple[DeviceClass, ...] = ()

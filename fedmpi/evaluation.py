@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from rouge_score import rouge_scorer
 
 from fedmpi import seeding
 from fedmpi.data import TokenizedSplit, collate
@@ -116,6 +115,10 @@ def _references(split: TokenizedSplit, indices: np.ndarray, tokenizer) -> list[s
 
 
 def _rouge(candidates: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    # Imported here, not at the top: rouge-score loads nltk (and through it scikit-learn, scipy and
+    # pandas), about 2 s of every rank's start-up, which only generation tasks need.
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(list(GENERATION_METRICS))
     rows = [scorer.score(ref, cand) for ref, cand in zip(references, candidates)]
     return {name: np.array([row[name].fmeasure for row in rows], dtype=np.float64) for name in GENERATION_METRICS}

@@ -47,12 +47,13 @@ def run_launch(args: list[str], *, ranks: int | None = None, timeout: int = 300)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_here(args: list[str]) -> Path:
+def run_here(args: list[str], *, progress: bool = False) -> Path:
     """The one-process run of ``python -m fedmpi.launch args``, in this process: the result file's path.
 
     The same loop as the launcher's (fedmpi.simulation.run on the single-process comm), without a
     fresh interpreter importing torch again; for tests that compare results, not the launcher's
-    messages or exit codes. Restores the thread count and determinism the run sets.
+    messages or exit codes. ``progress``: print the run's console lines (to this process's stdout,
+    for capsys). Restores the thread count and determinism the run sets.
     """
     import torch
 
@@ -63,7 +64,7 @@ def run_here(args: list[str]) -> Path:
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        return run(load_config(None, args), LocalComm(), Progress(enabled=False))
+        return run(load_config(None, args), LocalComm(), Progress(enabled=progress))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TINY_RUN, run_launch
+from conftest import SHARED_DATA, TINY_RUN, run_here
 
 from fedmpi.analyze import load_run
 from fedmpi.data import collate, load_task, tokenize_split
@@ -152,7 +152,7 @@ def test_gpt2_head_map_covers_fused_c_attn_for_causal_lm(gpt2):
         assert (part >= 0).all() if ".lora_B." in name else (part == -1).all()
 
 
-def test_gpt2_generation_on_real_e2e_end_to_end(tmp_path):
+def test_gpt2_generation_on_real_e2e_end_to_end(tmp_path, capsys):
     if not (SHARED_DATA / "e2e_nlg").exists():
         pytest.skip("../shared/data/e2e_nlg is not beside the repository")
     args = [
@@ -161,10 +161,10 @@ def test_gpt2_generation_on_real_e2e_end_to_end(tmp_path):
         "strategy.name=head_pruning", "strategy.sparsity=0.5", "server.selection=cyclic", "client.lr=0.02",
         f"output.dir={tmp_path}", "output.name=gpt2",
     ]  # fmt: skip
-    proc = run_launch(args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "rouge1" in proc.stdout and "rouge2" in proc.stdout and "rougeL" in proc.stdout
-    run = load_run(tmp_path / "gpt2.h5")
+    path = run_here(args, progress=True)
+    out = capsys.readouterr().out
+    assert "rouge1" in out and "rouge2" in out and "rougeL" in out
+    run = load_run(path)
     assert run.complete and run.attrs["metric"] == "rougeL" and run.attrs["task_kind"] == "generation"
     np.testing.assert_array_equal(run.rounds["round"], [0, 1, 2])
     for column in ("eval_metric", "eval_rouge1", "eval_rouge2", "eval_loss"):

@@ -3,8 +3,6 @@ FedARA's shrinking uploads, resume in the middle of its schedule, and 1 vs 3 ran
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from conftest import TINY_RUN, run_here, run_launch
@@ -68,14 +66,13 @@ def test_blocks_outside_n_c_have_exactly_zero_delta():
     assert all(p.requires_grad for p in trainer._params)  # the client's freezing is undone
 
 
-def test_layer_finetuning_records_budgets_and_masks(tmp_path):
+def test_layer_finetuning_records_budgets_and_masks(tmp_path, capsys):
     # The backbone is chosen from a pool: MiniLM's 90 MB of weights fit no watch (mean n_c -inf), so
     # tiny-bert wins although MiniLM is listed first and is the model.name given.
     pool = ["model.name=minilm", "strategy.backbone_candidates=[minilm, tiny-bert]"]
-    proc = run_launch([*TINY_RUN, *LAYERS, *pool, f"output.dir={tmp_path}", "output.name=layers"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "backbone: tiny-bert (mean n_c over the device classes at 20 samples/round: minilm -inf, tiny-bert 1." in proc.stdout
-    run = load_run(tmp_path / "layers.h5")
+    path = run_here([*TINY_RUN, *LAYERS, *pool, f"output.dir={tmp_path}", "output.name=layers"], progress=True)
+    assert "backbone: tiny-bert (mean n_c over the device classes at 20 samples/round: minilm -inf, tiny-bert 1." in capsys.readouterr().out
+    run = load_run(path)
     assert run.config["model"]["name"] == "tiny-bert" and run.config["strategy"]["backbone_candidates"] == ["minilm", "tiny-bert"]
     c = run.clients
     # watch: head only; phone: the last block; laptop: both blocks.
@@ -119,23 +116,21 @@ def test_fedara_uploads_fall_with_the_budget(fedara_4_rounds):
     assert "modules skipped / client-round" in format_run(summarize(run))
 
 
-FAULT_IN_ROUND_3 = """
-import fedmpi.worker as w
-original = w.Worker.train_group
-def failing(self, clients, params, on_device, round_, *rest):
-    if round_ == 3:
-        raise RuntimeError("injected failure on purpose")
-    return original(self, clients, params, on_device, round_, *rest)
-w.Worker.train_group = failing
-"""
-
-
 def test_fedara_resume_mid_schedule_is_bit_identical(tmp_path, monkeypatch, fedara_4_rounds):
-    (tmp_path / "sitecustomize.py").write_text(FAULT_IN_ROUND_3)
-    with monkeypatch.context() as m:
-        m.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        failed = run_launch([*TINY_RUN, *FEDARA, "server.num_rounds=4", f"output.dir={tmp_path}", "output.name=parts"])
-    assert failed.returncode != 0 and load_run(tmp_path / "parts.h5").attrs["status"] == "failed"
+    import fedmpi.worker as w
+
+    original = w.Worker.train_group
+
+    def failing(self, clients, params, on_device, round_, *rest):
+        if round_ == 3:
+            raise RuntimeError("injected failure on purpose")
+        return original(self, clients, params, on_device, round_, *rest)
+
+    with monkeypatch.context() as m:  # in this process: the failing run, then the resumed one
+        m.setattr(w.Worker, "train_group", failing)
+        with pytest.raises(RuntimeError, match="injected failure on purpose"):
+            _launch(tmp_path, "parts", FEDARA, "server.num_rounds=4")
+    assert load_run(tmp_path / "parts.h5").attrs["status"] == "failed"
     _launch(tmp_path, "parts", FEDARA, "server.num_rounds=4", "output.resume=true")
     _same(fedara_4_rounds, tmp_path / "parts.h5")
 

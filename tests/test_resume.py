@@ -25,6 +25,11 @@ def _launch(tmp_path, name, *extra, ranks=None):
     return proc
 
 
+def _here(tmp_path, name, *extra, progress=False):
+    """The same run in this process (conftest.run_here): where the launcher's own messages are not the point."""
+    return run_here([*SETTINGS, f"output.dir={tmp_path}", f"output.name={name}", *extra], progress=progress)
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     """The 3-round run without a stop, in this process, once: what every resumed run must equal."""
@@ -33,8 +38,8 @@ def whole(tmp_path_factory):
 
 
 def test_extending_a_finished_run_equals_running_longer(tmp_path, whole):
-    assert _launch(tmp_path, "parts", "server.num_rounds=1").returncode == 0
-    proc = _launch(tmp_path, "parts", "server.num_rounds=3", "output.resume=true")
+    _here(tmp_path, "parts", "server.num_rounds=1")
+    proc = _launch(tmp_path, "parts", "server.num_rounds=3", "output.resume=true")  # the launcher resumes it
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout
     _same(whole, tmp_path / "parts.h5")
@@ -53,8 +58,7 @@ def test_resume_after_a_failure_on_another_rank_count(tmp_path, monkeypatch, who
         failed = _launch(tmp_path, "broken", "server.num_rounds=3", ranks=2)
     assert failed.returncode != 0
     assert load_run(tmp_path / "broken.h5").attrs["status"] == "failed"
-    proc = _launch(tmp_path, "broken", "server.num_rounds=3", "output.resume=true")  # one process now
-    assert proc.returncode == 0, proc.stderr
+    _here(tmp_path, "broken", "server.num_rounds=3", "output.resume=true")  # one process now
     _same(whole, tmp_path / "broken.h5")
     broken = load_run(tmp_path / "broken.h5")
     assert broken.attrs["num_ranks"] == 2 and list(broken.attrs["resumed_num_ranks"]) == [1]  # the first run's ranks kept
@@ -68,9 +72,9 @@ def test_resume_refuses_a_different_experiment(tmp_path):
     assert load_run(tmp_path / "run.h5").complete  # untouched
 
 
-def test_resume_without_a_checkpoint_starts_the_run(tmp_path):
-    proc = _launch(tmp_path, "fresh", "server.num_rounds=1", "output.resume=true")
-    assert proc.returncode == 0 and "nothing to resume" in proc.stdout
+def test_resume_without_a_checkpoint_starts_the_run(tmp_path, capsys):
+    _here(tmp_path, "fresh", "server.num_rounds=1", "output.resume=true", progress=True)
+    assert "nothing to resume" in capsys.readouterr().out
     assert load_run(tmp_path / "fresh.h5").complete
 
 
@@ -89,7 +93,7 @@ r.write_checkpoint = dying
 """
 
 
-def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monkeypatch, whole):
+def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monkeypatch, capsys, whole):
     (tmp_path / "sitecustomize.py").write_text(KILL_IN_CHECKPOINT)
     with monkeypatch.context() as m:
         m.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -98,9 +102,9 @@ def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monke
     with h5py.File(tmp_path / "killed.ckpt.h5") as f:  # the previous checkpoint, intact
         assert f.attrs["round"] == 1
     assert list(load_run(tmp_path / "killed.h5").rounds["round"]) == [0, 1, 2]  # round 2's rows were written
-    proc = _launch(tmp_path, "killed", "server.num_rounds=3", "output.resume=true")
-    assert proc.returncode == 0, proc.stderr
-    assert "resuming" in proc.stdout and "after round 1" in proc.stdout
+    _here(tmp_path, "killed", "server.num_rounds=3", "output.resume=true", progress=True)
+    out = capsys.readouterr().out
+    assert "resuming" in out and "after round 1" in out
     _same(whole, tmp_path / "killed.h5")
 
 

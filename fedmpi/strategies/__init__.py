@@ -1,7 +1,7 @@
 """Federated strategies, one per file, looked up by ``strategy.name`` in ``STRATEGIES``.
 
-Each strategy's config section lives in ``fedmpi.config`` (one member of the
-``StrategyConfig`` union); a test checks that the union and this registry name the same
+Each strategy's config section lives in ``fedmpi.config_strategies`` (one member of the
+``StrategyConfig`` union, also importable from ``fedmpi.config``); a test checks that the union and this registry name the same
 strategies.
 """
 
