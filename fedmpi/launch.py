@@ -12,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from fedmpi.comm import (
 )  # fmt: skip
 from fedmpi.config import Config, ConfigError, load_config
 from fedmpi.output_files import check_result_path, run_name
+
+
+# Seconds the other ranks give rank 0, after a signal, to mark the result file failed before they end
+# the job themselves. Slurm signals every task at about the same time and kills them KillWait later
+# (30 s by default), so rank 0 normally ends the job well before this runs out.
+STOP_GRACE = 5.0
 
 
 class Stopped(BaseException):
@@ -96,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except (Stopped, KeyboardInterrupt) as exc:  # every rank got the signal: rank 0 speaks
         if comm.rank == 0:
             _say(f"{exc or 'interrupted by SIGINT'}; the result file says failed and can be resumed (output.resume=true)")
+        elif comm.size > 1:
+            # Rank 0 marks the file failed and then ends the job; an abort from here could kill it mid-write.
+            time.sleep(STOP_GRACE)
         if comm.size > 1:
             comm.abort(1)
         return 1

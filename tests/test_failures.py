@@ -102,3 +102,35 @@ def test_a_stalled_rank_ends_the_job_within_the_deadline(tmp_path, monkeypatch):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# Slurm signals every task of a step, not all at the same instant: here rank 1 gets SIGTERM while
+# training round 2, and rank 0 one second later.
+LATE_SIGTERM = """
+import os, signal, subprocess
+if os.environ.get("PMI_RANK") == "0":
+    with open(os.environ["RANK0_PID_FILE"], "w") as f:
+        f.write(str(os.getpid()))
+if os.environ.get("PMI_RANK") == "1":
+    import fedmpi.worker as w
+    original = w.Worker.train_group
+    def signalled(self, clients, params, on_device, round_, message=None):
+        if round_ == 2:
+            rank0 = open(os.environ["RANK0_PID_FILE"]).read()
+            subprocess.Popen(["sh", "-c", f"sleep 1; kill -TERM {rank0}"])
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, clients, params, on_device, round_, message)
+    w.Worker.train_group = signalled
+"""
+
+
+def test_sigterm_reaching_the_ranks_at_different_times_still_marks_the_file_failed(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text(LATE_SIGTERM)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("RANK0_PID_FILE", str(tmp_path / "rank0.pid"))
+    proc = run_launch([*TINY_RUN, "server.num_rounds=3", f"output.dir={tmp_path}", "output.name=stopped"], ranks=2, timeout=180)
+    assert proc.returncode != 0
+    assert proc.stderr.count("fedmpi: stopped by SIGTERM; the result file says failed") == 1, proc.stderr
+    run = load_run(tmp_path / "stopped.h5")
+    assert run.attrs["status"] == "failed" and "SIGTERM" in run.attrs["error"]
+    assert list(run.rounds["round"]) == [0, 1]
