@@ -102,7 +102,7 @@ def run_sweep(jobs: Sequence[Job], output_dir: Path, *, ranks: int = 1, parallel
 
 
 def add_sweep_options(parser: argparse.ArgumentParser, output_dir: Path) -> None:
-    """The options ``run_and_collect`` reads: --overrides, --ranks, --jobs, --output-dir (default ``output_dir``), --table-only."""
+    """The options ``run_and_collect`` reads: --overrides, --ranks, --jobs, --output-dir, --table-only."""
     parser.add_argument("--overrides", nargs="*", default=[], metavar="key.sub=value", help="passed to every run, last")
     parser.add_argument("--ranks", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
