@@ -4,12 +4,15 @@ A ``Job`` is one ``python -m fedmpi.launch`` run (a config file plus overrides) 
 <output-dir>/<name>.h5 and a .log beside it. ``run_sweep`` runs jobs a few at a time and skips
 those whose complete result file exists, so an interrupted sweep resumes where it stopped.
 It is the one runner of the experiment scripts (table1/3/4, ablation, aggregators, related
-systems). The statistics are pure: per-seed values in, mean, spread and paired differences with a
-t-based 95% confidence interval out.
+systems); ``add_sweep_options`` and ``run_and_collect`` are a table script's command line and run,
+``report_ours_vs_b1`` the output of those that compare B1 with Ours (table3, table4). The
+statistics are pure: per-seed values in, mean, spread and paired differences with a t-based 95%
+confidence interval out.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import os
@@ -29,7 +32,7 @@ from scipy import stats
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python experiments/x.py` from a checkout without an install
 
-from fedmpi.analyze import ResultFileError, load_run, summarize  # noqa: E402
+from fedmpi.analyze import ResultFileError, format_table, load_run, summarize  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,20 @@ def run_sweep(jobs: Sequence[Job], output_dir: Path, *, ranks: int = 1, parallel
     return ok.count(False)
 
 
+def add_sweep_options(parser: argparse.ArgumentParser, output_dir: Path) -> None:
+    """The options ``run_and_collect`` reads: --overrides, --ranks, --jobs, --output-dir, --table-only."""
+    parser.add_argument("--overrides", nargs="*", default=[], metavar="key.sub=value", help="passed to every run, last")
+    parser.add_argument("--ranks", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--output-dir", type=Path, default=output_dir)
+    parser.add_argument("--table-only", action="store_true")
+
+
 def run_and_collect(jobs: Sequence[Job], args: Any, summary: Callable[[Job, Path], dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
     """A table script's common part: run ``jobs`` (unless ``args.table_only``), then summarise the complete ones.
 
-    ``args`` carries the scripts' shared options: output_dir, ranks, jobs, overrides, table_only.
-    Returns (number of failed runs, summaries of the complete result files).
+    ``args`` carries the scripts' shared options (``add_sweep_options``): output_dir, ranks, jobs, overrides,
+    table_only. Returns (number of failed runs, summaries of the complete result files).
     """
     failed = 0 if args.table_only else run_sweep(jobs, args.output_dir, ranks=args.ranks, parallel=args.jobs,
                                                  overrides=args.overrides)
@@ -193,3 +205,23 @@ def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(records[0]))
             writer.writeheader()
             writer.writerows(records)
+
+
+def report_ours_vs_b1(output_dir: Path, summaries: Sequence[dict[str, Any]], *, title: str, caption: str,
+                      header: Sequence[str], rows: Sequence[Sequence[str]],
+                      paired_header: Sequence[str], pairs: Sequence[Sequence[str]]) -> None:
+    """The results of a B1-vs-Ours table script (table3, table4), written to ``output_dir`` and printed.
+
+    runs.csv holds ``summaries``, one record per run; table.md, headed ``title``, and the console, headed
+    ``caption``, hold the cells (``header``, ``rows``: mean ± sd over seeds) and then Ours - B1 paired by
+    seed (``paired_header``, ``pairs``).
+    """
+    write_csv(output_dir / "runs.csv", summaries)
+    (output_dir / "table.md").write_text(
+        f"# {title} (mean ± sd over seeds)\n\n{markdown_table(header, rows)}\n\n"
+        f"## Ours - B1, paired by seed\n\n{markdown_table(paired_header, pairs)}\n")
+    print(f"\n{caption}")
+    print(format_table(rows, header))
+    print("\nOurs - B1, paired by seed (mean ± sd [95% CI] (n))")
+    print(format_table(pairs, paired_header))
+    print(f"\nwritten: {output_dir}/table.md, runs.csv")

@@ -28,9 +28,11 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import REPO, Job, markdown_table, mean_std, paired, paired_cell, pm, run_and_collect, write_csv  # noqa: E402
+from sweep import (  # noqa: E402
+    REPO, Job, add_sweep_options, mean_std, paired, paired_cell, pm, report_ours_vs_b1, run_and_collect,
+)
 
-from fedmpi.analyze import format_table, load_run  # noqa: E402
+from fedmpi.analyze import load_run  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -122,11 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sparsity", type=float, default=0.9, help="Ours' head sparsity (the paper's standard 90%%)")
-    p.add_argument("--overrides", nargs="*", default=[], metavar="key.sub=value", help="passed to every run, last")
-    p.add_argument("--ranks", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    p.add_argument("--output-dir", type=Path, default=REPO / "results" / "table4")
-    p.add_argument("--table-only", action="store_true")
+    add_sweep_options(p, REPO / "results" / "table4")
     args = p.parse_args(argv)
     jobs = [cell_job(r, m, seed, args.sparsity) for seed in args.seeds for r in args.rows for m in METHOD_LABELS]
     failed, summaries = run_and_collect(jobs, args, run_summary)
@@ -134,16 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no complete result files in {args.output_dir}")
         return 1
     rows, pairs = tables(summaries)
-    write_csv(args.output_dir / "runs.csv", summaries)
-    (args.output_dir / "table.md").write_text(
-        f"# Table 4 at CPU scale (mean ± sd over seeds)\n\n{markdown_table(HEADER, rows)}\n\n"
-        f"## Ours - B1, paired by seed\n\n{markdown_table(PAIRED_HEADER, pairs)}\n")
-    print(f"\nTable 4, CPU scale ({len(summaries)}/{len(jobs)} runs; mean ± sd over seeds; Ours at {args.sparsity:.0%} "
-          "sparsity; upload: fp32 KiB per client-round, paper convention)")
-    print(format_table(rows, HEADER))
-    print("\nOurs - B1, paired by seed (mean ± sd [95% CI] (n))")
-    print(format_table(pairs, PAIRED_HEADER))
-    print(f"\nwritten: {args.output_dir}/table.md, runs.csv")
+    report_ours_vs_b1(
+        args.output_dir, summaries, title="Table 4 at CPU scale",
+        caption=f"Table 4, CPU scale ({len(summaries)}/{len(jobs)} runs; mean ± sd over seeds; Ours at {args.sparsity:.0%} "
+                "sparsity; upload: fp32 KiB per client-round, paper convention)",
+        header=HEADER, rows=rows, paired_header=PAIRED_HEADER, pairs=pairs)
     return 1 if failed else 0
 
 

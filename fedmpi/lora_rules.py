@@ -118,12 +118,13 @@ def fedex_lora(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FedEx-LoRA: (A_mean, B_mean, residual); W0 + residual + s B_mean A_mean = W0 + s sum p_c B_c A_c.
 
-    With row weights (``b_weights``, each row summing to 1 or to 0) B_mean and the exact mean are taken
-    row by row over those weights, A_mean over ``weights``; a row of zero weights has B_mean and residual 0.
+    The means are FedIT's and the residual is FLoRA's exact update less s B_mean A_mean, over the same
+    weights. With row weights (``b_weights``, each row summing to 1 or to 0) B_mean and the exact mean
+    are taken row by row over those weights, A_mean over ``weights``; a row of zero weights has B_mean
+    and residual 0.
     """
-    row_weights = weights if b_weights is None else b_weights
-    a_mean, b_mean = fedit(a_list, b_list, weights, row_weights)
-    exact = merged_delta(a_list, b_list, row_weights, scaling, fan_in_fan_out)
+    a_mean, b_mean = fedit(a_list, b_list, weights, b_weights)
+    exact = flora(a_list, b_list, weights, scaling, fan_in_fan_out, b_weights)
     return a_mean, b_mean, exact - lora_delta(b_mean, a_mean, scaling, fan_in_fan_out)
 
 

@@ -37,6 +37,7 @@ def whole(tmp_path_factory):
     return run_here([*SETTINGS, "server.num_rounds=3", f"output.dir={out}", "output.name=whole"])
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_equals_running_longer(tmp_path, whole):
     _here(tmp_path, "parts", "server.num_rounds=1")
     proc = _launch(tmp_path, "parts", "server.num_rounds=3", "output.resume=true")  # the launcher resumes it
@@ -65,6 +66,7 @@ def test_resume_after_a_failure_on_another_rank_count(tmp_path, monkeypatch, who
     assert np.array_equal(load_run(tmp_path / "broken.h5").rounds["round"], [0, 1, 2, 3])
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_experiment(tmp_path):
     run_here([*SETTINGS, "server.num_rounds=1", f"output.dir={tmp_path}", "output.name=run"])
     proc = _launch(tmp_path, "run", "server.num_rounds=2", "output.resume=true", "client.lr=0.1")
@@ -93,6 +95,7 @@ r.write_checkpoint = dying
 """
 
 
+@pytest.mark.slow
 def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monkeypatch, capsys, whole):
     (tmp_path / "sitecustomize.py").write_text(KILL_IN_CHECKPOINT)
     with monkeypatch.context() as m:
@@ -108,6 +111,7 @@ def test_kill_during_the_checkpoint_write_leaves_a_resumable_run(tmp_path, monke
     _same(whole, tmp_path / "killed.h5")
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_file_failed_and_a_reader_can_follow_the_run(tmp_path):
     cmd = [sys.executable, "-m", "fedmpi.launch", *SETTINGS, "server.num_rounds=50", f"output.dir={tmp_path}",
            "output.name=followed"]  # fmt: skip

@@ -30,7 +30,7 @@ from fedmpi.models.groups import GroupMap
 from fedmpi.models.heads import AttentionModule, assemble_groups, attention_modules
 from fedmpi.models.params import TrainableLayout
 from fedmpi.peft_methods.common import check_trainable, task_type, unmappable, wrap_peft
-from fedmpi.peft_methods.virtual_tokens import embedding_index, is_virtual_token_param
+from fedmpi.peft_methods.virtual_tokens import VirtualTokenMethod, embedding_table, is_virtual_token_param
 
 
 def prefix_slots(model: nn.Module) -> list[AttentionModule]:
@@ -50,14 +50,8 @@ def _accepts_past_key_values(model: nn.Module) -> bool:
 
 
 @dataclass(frozen=True)
-class Prefix:
-    num_virtual_tokens: int = 20
-
+class Prefix(VirtualTokenMethod):
     name = "prefix"
-
-    def __post_init__(self) -> None:
-        if self.num_virtual_tokens < 1:
-            raise ValueError(f"peft.prefix.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
 
     def wrap(self, backbone: PreTrainedModel, *, kind: str, task_head: list[str] | None, seed: int) -> nn.Module:
         if kind == "classification" and not _accepts_past_key_values(backbone):
@@ -86,8 +80,7 @@ class Prefix:
 
     def head_groups(self, model: nn.Module, layout: TrainableLayout) -> GroupMap:
         slots = prefix_slots(model)
-        i = embedding_index(layout)
-        num_tokens, columns = layout.shapes[i]
+        (num_tokens, columns), flat = embedding_table(layout)
         width = slots[0].width
         if columns != len(slots) * 2 * width:
             raise unmappable(self.name, model, (
@@ -96,7 +89,6 @@ class Prefix:
         c = np.arange(columns)
         slot_of_column = c // (2 * width)
         head_of_column = (c % width) // slots[0].head_dim
-        flat = slice(int(layout.offsets[i]), int(layout.offsets[i + 1]))
         owned: dict[int, list[tuple[slice, np.ndarray]]] = {}
         attentions = attention_modules(model)
         positions = {a.path: k for k, a in enumerate(attentions)}

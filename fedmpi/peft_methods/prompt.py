@@ -23,18 +23,12 @@ from fedmpi.models.groups import GroupMap
 from fedmpi.models.heads import assemble_groups, attention_modules, element_heads
 from fedmpi.models.params import TrainableLayout
 from fedmpi.peft_methods.common import check_trainable, task_type, unmappable, wrap_peft
-from fedmpi.peft_methods.virtual_tokens import embedding_index, is_virtual_token_param, token_dim
+from fedmpi.peft_methods.virtual_tokens import VirtualTokenMethod, embedding_table, is_virtual_token_param, token_dim
 
 
 @dataclass(frozen=True)
-class Prompt:
-    num_virtual_tokens: int = 20
-
+class Prompt(VirtualTokenMethod):
     name = "prompt"
-
-    def __post_init__(self) -> None:
-        if self.num_virtual_tokens < 1:
-            raise ValueError(f"peft.prompt.num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
 
     def wrap(self, backbone: PreTrainedModel, *, kind: str, task_head: list[str] | None, seed: int) -> nn.Module:
         if kind == "classification" and getattr(backbone.config, "is_encoder_decoder", False):
@@ -62,13 +56,11 @@ class Prompt:
 
     def head_groups(self, model: nn.Module, layout: TrainableLayout) -> GroupMap:
         first = attention_modules(model)[0]
-        i = embedding_index(layout)
-        shape = layout.shapes[i]
+        shape, flat = embedding_table(layout)
         if shape[1] != first.width:
             raise unmappable(self.name, model, (
                 f"prompt tokens are {shape[1]} wide but {first.path} has {first.num_heads} heads x {first.head_dim}"
             ))  # fmt: skip
         local = element_heads(shape, 1, first.num_heads, first.head_dim)
-        flat = slice(int(layout.offsets[i]), int(layout.offsets[i + 1]))
         return assemble_groups(layout.numel, [first], {0: [(flat, local)]})
 
