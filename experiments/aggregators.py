@@ -115,17 +115,25 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def plot_curves(summaries: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, (label, _) in VARIANTS.items():
-        curves = [s["curve"] for s in summaries if s["variant"] == name]
-        if curves:
-            rounds, mean = mean_curve(curves)
-            ax.plot(rounds, mean, "o-", markersize=3, label=label, linestyle="--" if "pruned" in name else "-")
+    # One colour per aggregator (tab20's dark shades first, then its light ones); its head-pruned
+    # variant has the same colour, dashed.
+    shown = [name for name in VARIANTS if any(s["variant"] == name for s in summaries)]
+    bases = list(dict.fromkeys(name.removesuffix("_pruned") for name in shown))
+    palette = colormaps["tab20"]
+    for name in shown:
+        label = VARIANTS[name][0]
+        rounds, mean = mean_curve([s["curve"] for s in summaries if s["variant"] == name])
+        pruned = name.endswith("_pruned")
+        i = bases.index(name.removesuffix("_pruned"))
+        color = palette((2 * i) % 20 + (2 * i) // 20)
+        ax.plot(rounds, mean, marker="o", markersize=3, label=label, color=color, linestyle="--" if pruned else "-")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (mean over seeds)")
     ax.set_title("Aggregators on 20 Newsgroups, Dirichlet 0.5 (MiniLM, LoRA r=8)")
