@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from fedmpi import results_schema as rs
-from fedmpi.analyze import MIB, Run, format_table, has_measured_importance, importance_rows, load_run
+from fedmpi.analyze import MIB, Run, format_table, load_run
+from fedmpi.importance_readers import has_measured_importance, importance_rows
 
 
 def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""fedmpi.analyze on synthetic result files written with h5py in the layout of fedmpi.results_schema."""
+"""fedmpi.analyze and fedmpi.importance_readers on synthetic h5py result files laid out as fedmpi.results_schema says."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fedmpi import analyze
+from fedmpi import analyze, importance_readers
 from fedmpi import results_schema as rs
 
 MIB = 2**20
@@ -149,18 +149,18 @@ def test_summary_of_killed_run_keeps_whole_rows(killed_file: Path) -> None:
 
 def test_importance_matrix_and_client_distance(killed_file: Path) -> None:
     run = analyze.load_run(killed_file)
-    np.testing.assert_array_equal(analyze.importance_matrix(run), [[2, 2, 2, 2], [0, 0, 0, 0], [2, 2, 2, 4]])
-    at_1 = analyze.importance_matrix(run, round=1)
+    np.testing.assert_array_equal(importance_readers.importance_matrix(run), [[2, 2, 2, 2], [0, 0, 0, 0], [2, 2, 2, 4]])
+    at_1 = importance_readers.importance_matrix(run, round=1)
     np.testing.assert_array_equal(at_1[:2], [[1, 2, 3, 4], [0, 0, 0, 0]])
     assert np.isnan(at_1[2]).all()  # client 2 did not train in round 1
     expected = [[0, 4, 2], [4, 0, math.sqrt(28)], [2, math.sqrt(28), 0]]
-    np.testing.assert_allclose(analyze.client_distance(run), expected)
+    np.testing.assert_allclose(importance_readers.client_distance(run), expected)
 
 
 def test_importance_is_every_heads_measured_score_where_recorded(tmp_path: Path, killed_file: Path) -> None:
     """Fig. 5's numbers: measured_importance (pruned heads included), not the uploaded scores (0 for pruned heads);
     a file from before that column (killed_file) gives its uploaded scores."""
-    assert not analyze.has_measured_importance(analyze.load_run(killed_file))
+    assert not importance_readers.has_measured_importance(analyze.load_run(killed_file))
     rounds = {"round": [0, 1], "num_selected": [0, 2], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
               "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
               "seconds": [1.0, 1.0], "sparsity": [0.0, 0.5], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
@@ -169,14 +169,14 @@ def test_importance_is_every_heads_measured_score_where_recorded(tmp_path: Path,
     clients = _clients([(1, 0), (1, 1)], importance=measured * mask, group_mask=mask, measured_importance=measured)
     groups = {"family_names": ["attn"], "family_kinds": ["self"], "num_groups": [4]}
     run = analyze.load_run(write_result(tmp_path / "m.h5", rounds, clients, run_name="m", config_yaml="", groups=groups))
-    assert analyze.has_measured_importance(run)
-    np.testing.assert_array_equal(analyze.importance_matrix(run, round=1)[:2], measured)
-    np.testing.assert_allclose(analyze.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
+    assert importance_readers.has_measured_importance(run)
+    np.testing.assert_array_equal(importance_readers.importance_matrix(run, round=1)[:2], measured)
+    np.testing.assert_allclose(importance_readers.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
 
 
 def test_importance_needs_groups(complete_file: Path) -> None:
     with pytest.raises(ValueError, match="no group importance"):
-        analyze.importance_matrix(analyze.load_run(complete_file))
+        importance_readers.importance_matrix(analyze.load_run(complete_file))
 
 
 def test_run_table_text(killed_file: Path) -> None:
@@ -241,7 +241,7 @@ def test_runs_without_torch_or_mpi4py(complete_file: Path) -> None:
         import sys
         if sys.argv[1] == "blocked":
             sys.modules["torch"] = sys.modules["mpi4py"] = None  # import -> ImportError
-        from fedmpi import analyze
+        from fedmpi import analyze, importance_readers
         assert analyze.main([{str(complete_file)!r}]) == 0
         if sys.argv[1] == "installed":
             assert not {{"torch", "mpi4py"}} & set(sys.modules), sorted({{"torch", "mpi4py"}} & set(sys.modules))
