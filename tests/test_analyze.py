@@ -174,6 +174,49 @@ def test_importance_is_every_heads_measured_score_where_recorded(tmp_path: Path,
     np.testing.assert_allclose(importance_readers.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
 
 
+def _pruned_lora_run(tmp_path: Path) -> analyze.Run:
+    """A federated-LoRA run under strategy.head_pruning as the writer records it: two attention modules of two
+    heads, then one group per LoRA module's A (kind "factor"), scored 0 and always kept."""
+    rounds = {"round": [0, 1], "num_selected": [0, 2], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
+              "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
+              "seconds": [1.0, 1.0], "sparsity": [0.0, 0.5], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
+    heads = np.array([[4, 1, 3, 2], [1, 4, 2, 3]], np.float32)
+    head_mask = np.array([[True, False, True, False], [False, True, False, True]])
+    measured = np.hstack([heads, np.zeros((2, 2), np.float32)])
+    mask = np.hstack([head_mask, np.ones((2, 2), bool)])
+    clients = _clients([(1, 0), (1, 1)], importance=measured * mask, group_mask=mask, measured_importance=measured)
+    groups = {"family_names": ["l0.attn", "l1.attn", "l0.attn.query.lora_A", "l1.attn.query.lora_A"],
+              "family_kinds": ["self", "self", "factor", "factor"], "num_groups": [2, 2, 1, 1]}  # fmt: skip
+    return analyze.load_run(write_result(tmp_path / "p.h5", rounds, clients, run_name="p", config_yaml="", groups=groups))
+
+
+def test_importance_has_one_column_per_head_and_no_lora_a_groups(tmp_path: Path) -> None:
+    """Fig. 5's columns are the attention heads (one per module and head), not every group: the A groups
+    the federated-LoRA strategies add under strategy.head_pruning are left out."""
+    run = _pruned_lora_run(tmp_path)
+    assert run.clients["measured_importance"].shape == (2, 6)
+    np.testing.assert_array_equal(importance_readers.head_columns(run), [0, 1, 2, 3])
+    np.testing.assert_array_equal(importance_readers.importance_rows(run), [[4, 1, 3, 2], [1, 4, 2, 3]])
+    np.testing.assert_array_equal(importance_readers.importance_matrix(run, round=1)[:2], [[4, 1, 3, 2], [1, 4, 2, 3]])
+    np.testing.assert_array_equal(importance_readers.kept_heads(run), [[True, False, True, False], [False, True, False, True]])
+    np.testing.assert_allclose(importance_readers.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
+
+
+def test_fig5_of_a_pruned_lora_run_and_of_a_run_without_heads(tmp_path: Path) -> None:
+    from fedmpi import figures
+
+    assert "4.472" in figures.fig5([_pruned_lora_run(tmp_path)], tmp_path / "fig5.png")  # sqrt(20), over the heads
+    rounds = {"round": [0, 1], "num_selected": [0, 1], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
+              "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
+              "seconds": [1.0, 1.0], "sparsity": [0.0, 0.0], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
+    scores = np.array([[0.5, 0.2, 0.1]], np.float32)  # FedARA: one score per rank triplet, no head among them
+    clients = _clients([(1, 0)], importance=scores, group_mask=np.ones((1, 3), bool), measured_importance=scores)
+    groups = {"family_names": ["l0.attn.query"], "family_kinds": ["triplet"], "num_groups": [3]}
+    run = analyze.load_run(write_result(tmp_path / "t.h5", rounds, clients, run_name="t", config_yaml="", groups=groups))
+    with pytest.raises(ValueError, match=r"no attention-head groups recorded \(group family kinds: \['triplet'\]\)"):
+        figures.fig5([run], tmp_path / "t.png")
+
+
 def test_importance_needs_groups(complete_file: Path) -> None:
     with pytest.raises(ValueError, match="no group importance"):
         importance_readers.importance_matrix(analyze.load_run(complete_file))
