@@ -9,8 +9,9 @@ cell are averaged together.
 - ``fig4``: a sparsity sweep: final accuracy, upload per client-round, analytic OPs and
   measured seconds per client-round, against sparsity;
 - ``fig5``: per run, the importance of the selected clients over rounds (rows: client-rounds,
-  columns: heads; every head's measured score, the kept ones dotted), and the Euclidean distance
-  between the clients of each round over those scores;
+  columns: heads, one per attention module and head (``importance_readers.head_columns``); every
+  head's measured score, the kept ones dotted), and the Euclidean distance between the clients of
+  each round over those scores;
 - ``table5``: final and best accuracy per Dirichlet alpha (and IID) and method.
 """
 
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from fedmpi import results_schema as rs
-from fedmpi.analyze import MIB, Run, format_table, has_measured_importance, importance_rows, load_run
+from fedmpi.analyze import MIB, Run, format_table, load_run
+from fedmpi.importance_readers import has_measured_importance, importance_rows, kept_heads
 
 
 def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -154,7 +156,7 @@ def fig4(runs: Sequence[Run], out: Path) -> str:
 
 def round_distances(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """Per round: the mean Euclidean distance between the importance vectors of its clients (Fig. 5),
-    every head's score included (``importance_rows``)."""
+    one coordinate per attention module and head, every head's score included (``importance_rows``)."""
     importance = importance_rows(run)
     rounds = np.unique(run.clients["round"])
     distances = []
@@ -166,8 +168,9 @@ def round_distances(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fig5(runs: Sequence[Run], out: Path) -> str:
-    """Importance heatmaps of the selected clients over rounds (every head's score; dots: the heads
-    the client kept), and per-round client distances."""
+    """Importance heatmaps of the selected clients over rounds (columns: one per attention module and
+    head, ``importance_readers.head_columns``; every head's score; dots: the heads the client kept), and
+    per-round client distances. Groups that are not heads (LoRA A groups, blocks, triplets) are left out."""
     fig, axes = _figure(len(runs) + 1, size=(4.6, 4.2))
     lines = []
     for i, run in enumerate(runs):
@@ -176,13 +179,13 @@ def fig5(runs: Sequence[Run], out: Path) -> str:
         ax = axes[0, i]
         image = ax.imshow(importance, aspect="auto", interpolation="nearest", cmap="viridis")
         fig.colorbar(image, ax=ax, shrink=0.8)
-        if rs.CLIENT_GROUP_MASK in run.clients and not run.clients[rs.CLIENT_GROUP_MASK].all():
-            rows, heads = np.nonzero(run.clients[rs.CLIENT_GROUP_MASK])
+        if rs.CLIENT_GROUP_MASK in run.clients and not (kept := kept_heads(run)).all():
+            rows, heads = np.nonzero(kept)
             size = min(12.0, (250 / max(importance.shape)) ** 2)  # dots shrink with the cells
             ax.scatter(heads, rows, s=size, c="white", edgecolors="black", linewidths=0.4 * size / 12)
         ticks = np.flatnonzero(np.r_[True, np.diff(run.clients["round"]) != 0])
         ax.set_yticks(ticks, [f"r{run.clients['round'][t]}" for t in ticks], fontsize="x-small")
-        ax.set(xlabel="head", title=f"{partition_label(run)}: {run.name}")
+        ax.set(xlabel="head (attention modules in order)", title=f"{partition_label(run)}: {run.name}")
         label = f"{partition_label(run)} ({run.name})"
         if not has_measured_importance(run):  # a file from before measured_importance: pruned heads read 0
             label += " [uploaded scores only]"

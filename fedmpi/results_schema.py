@@ -142,9 +142,11 @@ CLIENT_GROUP_COLUMNS: dict[str, str] = {
 GROUP_GROUPS = "groups"
 GROUP_COLUMNS: dict[str, str] = {
     "family_names": "str",
-    "family_kinds": "str",  # self | encoder_self | decoder_self | cross (heads) | block | triplet
+    "family_kinds": "str",  # HEAD_FAMILY_KINDS (heads) | block | triplet | factor (a LoRA module's A or B)
     "num_groups": "int32",
 }
+# The family kinds whose groups are attention heads (fedmpi.models.groups.ATTENTION_KINDS, pinned by a test).
+HEAD_FAMILY_KINDS = ("self", "encoder_self", "decoder_self", "cross")
 
 # --- /devices: the device profile table (the config's devices.classes), one row per class in config
 # order, row k being /clients/device_class k; zero rows when the run declares no classes. NaN budget:

@@ -1,4 +1,4 @@
-"""fedmpi.analyze on synthetic result files written with h5py in the layout of fedmpi.results_schema."""
+"""fedmpi.analyze and fedmpi.importance_readers on synthetic h5py result files laid out as fedmpi.results_schema says."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fedmpi import analyze
+from fedmpi import analyze, importance_readers
 from fedmpi import results_schema as rs
 
 MIB = 2**20
@@ -149,18 +149,18 @@ def test_summary_of_killed_run_keeps_whole_rows(killed_file: Path) -> None:
 
 def test_importance_matrix_and_client_distance(killed_file: Path) -> None:
     run = analyze.load_run(killed_file)
-    np.testing.assert_array_equal(analyze.importance_matrix(run), [[2, 2, 2, 2], [0, 0, 0, 0], [2, 2, 2, 4]])
-    at_1 = analyze.importance_matrix(run, round=1)
+    np.testing.assert_array_equal(importance_readers.importance_matrix(run), [[2, 2, 2, 2], [0, 0, 0, 0], [2, 2, 2, 4]])
+    at_1 = importance_readers.importance_matrix(run, round=1)
     np.testing.assert_array_equal(at_1[:2], [[1, 2, 3, 4], [0, 0, 0, 0]])
     assert np.isnan(at_1[2]).all()  # client 2 did not train in round 1
     expected = [[0, 4, 2], [4, 0, math.sqrt(28)], [2, math.sqrt(28), 0]]
-    np.testing.assert_allclose(analyze.client_distance(run), expected)
+    np.testing.assert_allclose(importance_readers.client_distance(run), expected)
 
 
 def test_importance_is_every_heads_measured_score_where_recorded(tmp_path: Path, killed_file: Path) -> None:
     """Fig. 5's numbers: measured_importance (pruned heads included), not the uploaded scores (0 for pruned heads);
     a file from before that column (killed_file) gives its uploaded scores."""
-    assert not analyze.has_measured_importance(analyze.load_run(killed_file))
+    assert not importance_readers.has_measured_importance(analyze.load_run(killed_file))
     rounds = {"round": [0, 1], "num_selected": [0, 2], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
               "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
               "seconds": [1.0, 1.0], "sparsity": [0.0, 0.5], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
@@ -169,14 +169,57 @@ def test_importance_is_every_heads_measured_score_where_recorded(tmp_path: Path,
     clients = _clients([(1, 0), (1, 1)], importance=measured * mask, group_mask=mask, measured_importance=measured)
     groups = {"family_names": ["attn"], "family_kinds": ["self"], "num_groups": [4]}
     run = analyze.load_run(write_result(tmp_path / "m.h5", rounds, clients, run_name="m", config_yaml="", groups=groups))
-    assert analyze.has_measured_importance(run)
-    np.testing.assert_array_equal(analyze.importance_matrix(run, round=1)[:2], measured)
-    np.testing.assert_allclose(analyze.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
+    assert importance_readers.has_measured_importance(run)
+    np.testing.assert_array_equal(importance_readers.importance_matrix(run, round=1)[:2], measured)
+    np.testing.assert_allclose(importance_readers.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
+
+
+def _pruned_lora_run(tmp_path: Path) -> analyze.Run:
+    """A federated-LoRA run under strategy.head_pruning as the writer records it: two attention modules of two
+    heads, then one group per LoRA module's A (kind "factor"), scored 0 and always kept."""
+    rounds = {"round": [0, 1], "num_selected": [0, 2], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
+              "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
+              "seconds": [1.0, 1.0], "sparsity": [0.0, 0.5], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
+    heads = np.array([[4, 1, 3, 2], [1, 4, 2, 3]], np.float32)
+    head_mask = np.array([[True, False, True, False], [False, True, False, True]])
+    measured = np.hstack([heads, np.zeros((2, 2), np.float32)])
+    mask = np.hstack([head_mask, np.ones((2, 2), bool)])
+    clients = _clients([(1, 0), (1, 1)], importance=measured * mask, group_mask=mask, measured_importance=measured)
+    groups = {"family_names": ["l0.attn", "l1.attn", "l0.attn.query.lora_A", "l1.attn.query.lora_A"],
+              "family_kinds": ["self", "self", "factor", "factor"], "num_groups": [2, 2, 1, 1]}  # fmt: skip
+    return analyze.load_run(write_result(tmp_path / "p.h5", rounds, clients, run_name="p", config_yaml="", groups=groups))
+
+
+def test_importance_has_one_column_per_head_and_no_lora_a_groups(tmp_path: Path) -> None:
+    """Fig. 5's columns are the attention heads (one per module and head), not every group: the A groups
+    the federated-LoRA strategies add under strategy.head_pruning are left out."""
+    run = _pruned_lora_run(tmp_path)
+    assert run.clients["measured_importance"].shape == (2, 6)
+    np.testing.assert_array_equal(importance_readers.head_columns(run), [0, 1, 2, 3])
+    np.testing.assert_array_equal(importance_readers.importance_rows(run), [[4, 1, 3, 2], [1, 4, 2, 3]])
+    np.testing.assert_array_equal(importance_readers.importance_matrix(run, round=1)[:2], [[4, 1, 3, 2], [1, 4, 2, 3]])
+    np.testing.assert_array_equal(importance_readers.kept_heads(run), [[True, False, True, False], [False, True, False, True]])
+    np.testing.assert_allclose(importance_readers.client_distance(run, round=1)[0, 1], math.sqrt(9 + 9 + 1 + 1))
+
+
+def test_fig5_of_a_pruned_lora_run_and_of_a_run_without_heads(tmp_path: Path) -> None:
+    from fedmpi import figures
+
+    assert "4.472" in figures.fig5([_pruned_lora_run(tmp_path)], tmp_path / "fig5.png")  # sqrt(20), over the heads
+    rounds = {"round": [0, 1], "num_selected": [0, 1], "train_loss": [NAN, 0.9], "eval_loss": [1.0, 0.9],
+              "eval_metric": [0.4, 0.5], "global_loss": [1.0, 0.9], "upload_bytes_paper": [0, 1], "mpi_bytes": [0, 1],
+              "seconds": [1.0, 1.0], "sparsity": [0.0, 0.0], "num_rejected": [0, 0], "ops": [0.0, 1.0]}  # fmt: skip
+    scores = np.array([[0.5, 0.2, 0.1]], np.float32)  # FedARA: one score per rank triplet, no head among them
+    clients = _clients([(1, 0)], importance=scores, group_mask=np.ones((1, 3), bool), measured_importance=scores)
+    groups = {"family_names": ["l0.attn.query"], "family_kinds": ["triplet"], "num_groups": [3]}
+    run = analyze.load_run(write_result(tmp_path / "t.h5", rounds, clients, run_name="t", config_yaml="", groups=groups))
+    with pytest.raises(ValueError, match=r"no attention-head groups recorded \(group family kinds: \['triplet'\]\)"):
+        figures.fig5([run], tmp_path / "t.png")
 
 
 def test_importance_needs_groups(complete_file: Path) -> None:
     with pytest.raises(ValueError, match="no group importance"):
-        analyze.importance_matrix(analyze.load_run(complete_file))
+        importance_readers.importance_matrix(analyze.load_run(complete_file))
 
 
 def test_run_table_text(killed_file: Path) -> None:
@@ -241,7 +284,7 @@ def test_runs_without_torch_or_mpi4py(complete_file: Path) -> None:
         import sys
         if sys.argv[1] == "blocked":
             sys.modules["torch"] = sys.modules["mpi4py"] = None  # import -> ImportError
-        from fedmpi import analyze
+        from fedmpi import analyze, importance_readers
         assert analyze.main([{str(complete_file)!r}]) == 0
         if sys.argv[1] == "installed":
             assert not {{"torch", "mpi4py"}} & set(sys.modules), sorted({{"torch", "mpi4py"}} & set(sys.modules))

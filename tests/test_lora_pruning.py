@@ -179,6 +179,23 @@ def test_fedit_with_head_pruning_is_the_papers_method(bundle):
                                rtol=1e-6, atol=1e-8)  # fmt: skip
 
 
+def test_the_result_files_head_columns_are_the_heads_of_the_pruned_groups(bundle, tmp_path):
+    """What the writer records of ``pruned_groups`` (heads, then one A group per LoRA module) gives Fig. 5
+    (``importance_readers.head_columns``) exactly the heads, and the head kinds the reader knows are the models'."""
+    from fedmpi import results_schema as rs
+    from fedmpi.analyze import Run
+    from fedmpi.importance_readers import head_columns
+    from fedmpi.models.groups import ATTENTION_KINDS
+
+    assert rs.HEAD_FAMILY_KINDS == ATTENTION_KINDS
+    groups = build(bundle, "fedit", "strategy.head_pruning.sparsity=0.5").groups
+    assert groups.num_groups > bundle.groups.num_groups == 8  # the A groups come after the heads
+    families = {"family_kinds": np.array([f.kind for f in groups.families]),
+                "num_groups": np.array([f.num_groups for f in groups.families])}  # fmt: skip
+    run = Run(tmp_path / "r.h5", {}, {}, {}, {}, families)
+    np.testing.assert_array_equal(head_columns(run), np.arange(8))
+
+
 def test_masks_before_training_and_rolora_rounds(bundle):
     strategy = build(bundle, "ffa_lora", "strategy.head_pruning.sparsity=0.5", "strategy.head_pruning.mask_timing=pre_train")
     assert strategy.needs_confidence and strategy.importance is None  # the received model is scored, not the training

@@ -8,7 +8,8 @@ import pytest
 from conftest import TINY_RUN, run_here, run_launch
 from test_end_to_end import _same
 
-from fedmpi.analyze import family_counts, format_run, load_run, summarize
+from fedmpi.analyze import format_run, load_run, summarize
+from fedmpi.importance_readers import family_counts
 
 # tiny-bert at batch 8 x 32 tokens (fedmpi.budgets): head only 4.05 MB, + 1 block 4.81 MB, + 2 blocks 5.56 MB.
 PROFILES = (

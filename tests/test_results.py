@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from fedmpi import analyze
+from fedmpi import analyze, importance_readers
 from fedmpi import results_schema as S
 from fedmpi.config import load_config
 from fedmpi.devices import DeviceClass, DevicesConfig, profile_table
@@ -68,7 +68,7 @@ def test_no_classes_and_files_from_before_the_table(tmp_path):
     with h5py.File(path, "r+") as f:
         del f[S.GROUP_DEVICES], f[S.GROUP_CLIENTS]["skipped_modules"], f[S.GROUP_CLIENTS][S.CLIENT_MEASURED_IMPORTANCE]
     old = analyze.load_run(path)
-    assert old.devices == {} and "skipped_modules" not in old.clients and not analyze.has_measured_importance(old)
+    assert old.devices == {} and "skipped_modules" not in old.clients and not importance_readers.has_measured_importance(old)
     assert "devices" not in analyze.format_run(analyze.summarize(old))
     ResultWriter.resume(path, config_yaml=load_config().to_yaml(), num_ranks=1, devices=profile_table(PROFILE, 4))
     back = analyze.load_run(path)
