@@ -217,6 +217,20 @@ def test_fig5_of_a_pruned_lora_run_and_of_a_run_without_heads(tmp_path: Path) ->
         figures.fig5([run], tmp_path / "t.png")
 
 
+def test_fig5_heatmap_has_a_column_per_head_and_dots_on_the_kept_heads(tmp_path: Path, monkeypatch) -> None:
+    """The heatmap itself, not only its distances (which the A groups, 0 for every client, leave unchanged):
+    4 head columns, not the run's 6 groups, and dots on the kept heads only, none on the always-kept A groups."""
+    from fedmpi import figures
+
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out: saved.append(fig))
+    figures.fig5([_pruned_lora_run(tmp_path)], tmp_path / "fig5.png")
+    heatmap = saved[0].axes[0]
+    assert heatmap.images[0].get_array().shape == (2, 4)  # (client-rounds, heads)
+    dots = np.asarray(heatmap.collections[0].get_offsets())  # (head, client-round) per dot
+    np.testing.assert_array_equal(dots[:, ::-1], [[0, 0], [0, 2], [1, 1], [1, 3]])
+
+
 def test_importance_needs_groups(complete_file: Path) -> None:
     with pytest.raises(ValueError, match="no group importance"):
         importance_readers.importance_matrix(analyze.load_run(complete_file))
