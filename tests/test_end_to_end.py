@@ -152,6 +152,7 @@ def test_generation_on_real_e2e_data(tmp_path):
     assert {"encoder_self", "decoder_self", "cross"} <= set(run.groups["family_kinds"].tolist())
 
 
+@pytest.mark.slow  # starts `python -m fedmpi.submit` in a subprocess
 def test_submit_local_runs_a_real_job(tmp_path):
     cmd = [sys.executable, "-m", "fedmpi.submit", "--nodes", "1", "--tasks-per-node", "1", "--local",
            "--log-dir", str(tmp_path / "logs"), *TINY_RUN, "server.num_rounds=1", f"output.dir={tmp_path}", "output.name=sub"]  # fmt: skip

@@ -6,6 +6,7 @@ import dataclasses
 
 import h5py
 import numpy as np
+import pytest
 from conftest import TINY_RUN, run_here, run_launch
 
 from fedmpi.nonfinite import is_finite, split_finite
@@ -38,6 +39,7 @@ def test_client_lr_1e30_is_rejected_and_the_global_model_stays_finite(tmp_path, 
     assert "10 non-finite client update(s) rejected" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # starts `python -m fedmpi.launch` in a subprocess
 def test_on_nonfinite_fail_ends_the_run_naming_the_clients(tmp_path):
     args = [*TINY_RUN, "client.lr=1e30", "server.on_nonfinite=fail", f"output.dir={tmp_path}", "output.name=strict"]
     proc = run_launch(args)
