@@ -103,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except (Stopped, KeyboardInterrupt) as exc:  # every rank got the signal: rank 0 speaks
         if comm.rank == 0:
             _say(f"{exc or 'interrupted by SIGINT'}; the result file says failed and can be resumed (output.resume=true)")
-        elif comm.size > 1:
-            # Rank 0 marks the file failed and then ends the job; an abort from here could kill it mid-write.
-            time.sleep(STOP_GRACE)
         if comm.size > 1:
+            if comm.rank != 0:  # rank 0 marks the file failed, then ends the job; an abort from here could cut it short
+                time.sleep(STOP_GRACE)
             comm.abort(1)
         return 1
     except BaseException as exc:  # noqa: BLE001 - a failure outside the guarded phases: end every rank now

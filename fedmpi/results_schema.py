@@ -145,7 +145,7 @@ GROUP_COLUMNS: dict[str, str] = {
     "family_kinds": "str",  # HEAD_FAMILY_KINDS (heads) | block | triplet | factor (a LoRA module's A or B)
     "num_groups": "int32",
 }
-# The family kinds whose groups are attention heads (fedmpi.models.groups.ATTENTION_KINDS, pinned by a test).
+# The family kinds whose groups are attention heads; fedmpi.models.groups.ATTENTION_KINDS is this tuple.
 HEAD_FAMILY_KINDS = ("self", "encoder_self", "decoder_self", "cross")
 
 # --- /devices: the device profile table (the config's devices.classes), one row per class in config

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ATTENTION_KINDS = ("self", "encoder_self", "decoder_self", "cross")  # a head of such a module
+from fedmpi.results_schema import HEAD_FAMILY_KINDS
+
+ATTENTION_KINDS = HEAD_FAMILY_KINDS  # a head of such a module; the result file's names for them
 GROUP_KINDS = (*ATTENTION_KINDS, "block", "triplet", "factor")  # factor: a LoRA module's A or B
 
 
