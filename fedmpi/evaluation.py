@@ -10,6 +10,11 @@ Classification scores accuracy. Generation generates greedily (at most the split
 ``max_target_length`` new tokens) and scores ROUGE-L, ROUGE-1 and ROUGE-2 F1 with
 ``rouge-score``, the reference implementation; ROUGE-L is the run's metric. A causal LM
 generates from its left-padded prompts and only the new tokens are scored.
+
+Personal models (FedSA-LoRA) can be scored on each client's own label distribution
+(``LabelMix``): the evaluated examples are reweighted so that each class counts as much as
+it does in the client's training data, which is the expected score on data drawn like
+that client's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 
 from fedmpi import seeding
-from fedmpi.data import TokenizedSplit, collate
+from fedmpi.data import Partition, TokenizedSplit, collate
 from fedmpi.data.tokenize import IGNORE_INDEX, collate_prompts
 from fedmpi.results_schema import GENERATION_METRICS, METRIC_ACCURACY
 
@@ -124,11 +129,55 @@ def _rouge(candidates: list[str], references: list[str]) -> dict[str, np.ndarray
     return {name: np.array([row[name].fmeasure for row in rows], dtype=np.float64) for name in GENERATION_METRICS}
 
 
-def combine(per_rank: list[list[BatchResult]], num_batches: int) -> EvalResult:
-    """Rank 0: put the ranks' batches back in order (batch b came from rank b % size)."""
+def combine(per_rank: list[list[BatchResult]], num_batches: int, weights: np.ndarray | None = None) -> EvalResult:
+    """Rank 0: put the ranks' batches back in order (batch b came from rank b % size) and average
+    over the examples, uniformly or with per-example ``weights`` that sum to 1 (``LabelMix.weights``)."""
     size = len(per_rank)
     ordered = [per_rank[b % size][b // size] for b in range(num_batches)]
     losses = np.concatenate([loss for loss, _ in ordered])
     names = list(ordered[0][1])
-    metrics = {name: float(np.concatenate([scores[name] for _, scores in ordered]).mean()) for name in names}
-    return EvalResult(loss=float(losses.mean()), metric=metrics[names[0]], metrics=metrics)
+    scores = {name: np.concatenate([s[name] for _, s in ordered]) for name in names}
+    mean = (lambda x: float(x.mean())) if weights is None else (lambda x: float(np.dot(weights, x)))
+    metrics = {name: mean(values) for name, values in scores.items()}
+    return EvalResult(loss=mean(losses), metric=metrics[names[0]], metrics=metrics)
+
+
+@dataclass(frozen=True)
+class LabelMix:
+    """Each client's training label distribution, as weights on the evaluated examples.
+
+    ``weights(c)`` gives example i the weight p_c(y_i) / n(y_i): p_c is client c's share of
+    class y among its training examples, renormalised over the classes the evaluated examples
+    contain, and n(y) is how many evaluated examples have label y. A weighted mean is then
+    sum_y p_c(y) x (the mean over the evaluated examples of class y): the client's expected
+    loss or accuracy on data with its own label mix. Classes the client has but the evaluated
+    examples lack are left out (and named in ``missing``).
+    """
+
+    mix: np.ndarray  # (num_clients, num_classes): p_c(y), each row summing to 1
+    eval_labels: np.ndarray  # the evaluated examples' labels, in example order
+    missing: dict[int, list[int]]  # client -> its classes no evaluated example has
+
+    @classmethod
+    def build(cls, train_labels: np.ndarray, partition: Partition, eval_labels: np.ndarray) -> LabelMix:
+        num_classes = int(max(train_labels.max(), eval_labels.max())) + 1
+        evaluated = np.bincount(eval_labels, minlength=num_classes) > 0
+        mix = np.zeros((partition.num_clients, num_classes), dtype=np.float64)
+        missing = {}
+        for c in range(partition.num_clients):
+            counts = np.bincount(train_labels[partition.client_indices(c)], minlength=num_classes).astype(np.float64)
+            if (counts > 0).any() and not (counts * evaluated).any():
+                raise ValueError(
+                    f"client {c}'s classes {np.flatnonzero(counts).tolist()} are not among the evaluated examples, "
+                    "so its model cannot be scored on its own label mix: evaluate more examples (server.eval_samples, "
+                    "data.max_eval_samples) or use strategy.evaluation=global"
+                )
+            if lacking := np.flatnonzero((counts > 0) & ~evaluated).tolist():
+                missing[c] = lacking
+            counts *= evaluated
+            mix[c] = counts / counts.sum() if counts.sum() else evaluated / evaluated.sum()  # no data: the eval mix
+        return cls(mix=mix, eval_labels=np.asarray(eval_labels, dtype=np.int64), missing=missing)
+
+    def weights(self, client: int) -> np.ndarray:
+        per_class = np.bincount(self.eval_labels, minlength=self.mix.shape[1])
+        return self.mix[client][self.eval_labels] / per_class[self.eval_labels]

@@ -23,7 +23,7 @@ from fedmpi.comm import Communicator, RankFailure, collective, pickled_size
 from fedmpi.config import Config
 from fedmpi.devices import profile_table
 from fedmpi.data import Partition, TaskData, TokenizedSplit, load_task, partition_dirichlet, partition_iid, tokenize_split
-from fedmpi.evaluation import EvalResult, batch_bounds, combine, eval_examples
+from fedmpi.evaluation import EvalResult, LabelMix, batch_bounds, combine, eval_examples
 from fedmpi.models import HeadConfidence, ModelBundle, build_model, hf_model, use_confidence_attention
 from fedmpi.models.limits import check_lengths
 from fedmpi.models.exclusion import importance_options
@@ -49,6 +49,7 @@ class _Parts:
     task_kind: str
     client_work: np.ndarray  # tokens per client: the work that places clients on ranks
     clients_per_step: int
+    label_mix: LabelMix | None = None  # personal models scored on their client's label mix (FedSA-LoRA)
     first_round: int = 0  # > 0 when resuming
     server: Server | None = None  # rank 0 only
     writer: ResultWriter | None = None  # rank 0 only
@@ -192,6 +193,7 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
         ops_per_sample=_ops_per_sample(bundle, cfg), num_epochs=cfg.client.num_epochs,
         clients_per_step=rt.clients_per_step, eval_examples=evaluated,
     )  # fmt: skip
+    label_mix = _label_mix(strategy, train, partition, evaluation.labels, evaluated, progress)
     params = bundle.layout.get_flat(bundle.model).cpu().numpy()
     groups = strategy.groups
     progress.say(
@@ -205,7 +207,21 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
         f"round, {cfg.server.num_rounds} rounds; strategy {strategy.name}, selection {cfg.server.selection}"
     )
     return _Parts(cfg=cfg, worker=worker, params=params, num_eval=len(evaluated), worker_ranks=worker_ranks, task_kind=task.kind,
-                  client_work=client_token_counts(partition, train), clients_per_step=rt.clients_per_step)  # fmt: skip
+                  client_work=client_token_counts(partition, train), clients_per_step=rt.clients_per_step,
+                  label_mix=label_mix)  # fmt: skip
+
+
+def _label_mix(strategy, train: TokenizedSplit, partition: Partition, eval_labels: np.ndarray | None,
+               evaluated: np.ndarray, progress: Progress) -> LabelMix | None:
+    """Every rank (so a bad setting fails everywhere before round 0): the clients' label mixes, where the
+    strategy scores personal models on them and the task has class labels."""
+    if not strategy.client_label_mix or train.labels is None or eval_labels is None:
+        return None
+    mix = LabelMix.build(train.labels, partition, eval_labels[evaluated])
+    if mix.missing:
+        progress.say(f"personal evaluation: {len(mix.missing)} client(s) have classes no evaluated example has; "
+                     "those classes are left out of their scores")
+    return mix
 
 
 def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, progress: Progress) -> None:
@@ -234,14 +250,15 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int) -
     bounds = batch_bounds(parts.num_eval, batch_size)
     mine = bounds[comm.rank :: comm.size]
     strategy, server = parts.worker.strategy, parts.server
-    models = [parts.params]
+    models = [(None, parts.params)]
     if strategy.personal_evaluation:  # per-client models (FedSA-LoRA); their mean is the round's figure
-        models = comm.bcast(server.strategy.evaluation_vectors(parts.params) if server else None) or models
+        models = comm.bcast(server.strategy.evaluation_models(parts.params) if server else None) or models
     evaluated = []
-    for params in models:
+    for client, params in models:
         results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params), warmup=round_ <= 1)
         gathered = comm.gather(results)
-        evaluated.append(combine(gathered, len(bounds)) if gathered is not None else None)
+        weights = None if client is None or parts.label_mix is None else parts.label_mix.weights(client)
+        evaluated.append(combine(gathered, len(bounds), weights) if gathered is not None else None)
     if evaluated[0] is None or len(evaluated) == 1:
         return evaluated[0]
     return EvalResult(

@@ -118,8 +118,14 @@ class Strategy:
     # The strategy also changes frozen weights (FLoRA, FedEx-LoRA): rank 0's ``frozen_weights()``
     # is broadcast after every aggregation and written into every rank's model by ``set_frozen_weights``.
     moves_frozen_weights: ClassVar[bool] = False
-    # Evaluation runs on the per-client models ``evaluation_vectors`` gives (FedSA-LoRA), not the global one.
+    # Evaluation runs on the per-client models ``evaluation_models`` gives (FedSA-LoRA), not the global one.
     personal_evaluation: ClassVar[bool] = False
+
+    @property
+    def client_label_mix(self) -> bool:
+        """``personal_evaluation``: whether each client's model is scored on the client's own label mix
+        (``fedmpi.evaluation.LabelMix``) rather than on the evaluated examples as they are."""
+        return False
 
     @classmethod
     def for_run(cls, cfg: Any, bundle: Any, run: RunInfo) -> Strategy:
@@ -203,8 +209,9 @@ class Strategy:
         """The paper-convention upload of a client that sent ``mask``; default: the sizer's count."""
         return sizer(mask)
 
-    def evaluation_vectors(self, params: np.ndarray) -> list[np.ndarray] | None:
-        """Rank 0, ``personal_evaluation``: the client models to evaluate (their mean is reported), or None."""
+    def evaluation_models(self, params: np.ndarray) -> list[tuple[int, np.ndarray]] | None:
+        """Rank 0, ``personal_evaluation``: (client, model vector) pairs to evaluate (the mean of their
+        results is reported), or None for the global model."""
         return None
 
     def download_bytes(self, client: int, adapter_bytes: int) -> int:

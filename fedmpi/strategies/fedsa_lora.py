@@ -8,8 +8,11 @@ Clients train everything and send everything back: A is averaged (p_c), the priv
 goes into the store. Only A counts as upload and download in the paper convention; the
 private state is what really moves over MPI. The global vector's B and task head stay at
 their initial values, so evaluation is per client: the models of the latest round's
-clients (global A + their own B and head) are evaluated on the eval set, and their mean is
-the round's eval loss and metric.
+clients (global A + their own B and head) are evaluated, and their mean is the round's
+eval loss and metric. ``strategy.evaluation=personal`` (the default, what FedSA-LoRA's
+paper reports: each client on its own test distribution) scores each model on the
+evaluated examples reweighted to its client's training label mix; ``global`` scores it on
+them as they are, which for a non-IID client mostly measures the classes it never saw.
 """
 
 from __future__ import annotations
@@ -87,10 +90,14 @@ class FedSALora(LoraStrategy):
         self.last_clients = np.array([u.client for u in updates], dtype=np.int64)
         return out.astype(np.float32)
 
-    def evaluation_vectors(self, params: np.ndarray) -> list[np.ndarray] | None:
+    @property
+    def client_label_mix(self) -> bool:
+        return self.cfg.evaluation == "personal"
+
+    def evaluation_models(self, params: np.ndarray) -> list[tuple[int, np.ndarray]] | None:
         if self.last_clients.size == 0:
             return None  # before round 1 every client's model is the global one
-        return [self._personal(params, self.store.get(int(c))) for c in self.last_clients]
+        return [(int(c), self._personal(params, self.store.get(int(c)))) for c in self.last_clients]
 
     def state(self) -> dict[str, np.ndarray]:
         store = {f"{STORE_PREFIX}{k}": v for k, v in self.store.state().items()}
