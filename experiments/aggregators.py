@@ -55,7 +55,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fedex_lora_pruned": ("FedEx-LoRA + importance head pruning", ["strategy.name=fedex_lora", *PRUNED]),
     "hetlora": ("HetLoRA (ranks 2/4/8)", ["strategy.name=hetlora", *HETERO_RANKS]),
     "flexlora": ("FlexLoRA (ranks 2/4/8)", ["strategy.name=flexlora", *HETERO_RANKS]),
-    "fedsa_lora": ("FedSA-LoRA", ["strategy.name=fedsa_lora"]),
+    # Each client's own model (global A, its B and head), scored on its own label mix (the default) or on
+    # the balanced eval set as it is.
+    "fedsa_lora": ("FedSA-LoRA (personal evaluation)", ["strategy.name=fedsa_lora"]),
+    "fedsa_lora_global": ("FedSA-LoRA (global evaluation)", ["strategy.name=fedsa_lora", "strategy.evaluation=global"]),
     "fedavg_adam": ("FedAvg + FedAdam (server lr 0.01)", ["strategy.name=fedavg", "server.optimizer=adam", "server.lr=0.01"]),
     "fedavg_avgm": ("FedAvg + FedAvgM (momentum 0.7)", ["strategy.name=fedavg", "server.optimizer=avgm", "server.momentum=0.7"]),
     "fedprox": ("FedAvg + FedProx (mu 0.01)", ["strategy.name=fedavg", "client.prox_mu=0.01"]),
