@@ -55,10 +55,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fedex_lora_pruned": ("FedEx-LoRA + importance head pruning", ["strategy.name=fedex_lora", *PRUNED]),
     "hetlora": ("HetLoRA (ranks 2/4/8)", ["strategy.name=hetlora", *HETERO_RANKS]),
     "flexlora": ("FlexLoRA (ranks 2/4/8)", ["strategy.name=flexlora", *HETERO_RANKS]),
-    # Each client's own model (global A, its B and head), scored on its own label mix (the default) or on
-    # the balanced eval set as it is.
+    # Each client's own model (global A, its B and head), scored on its own label mix (FedSA-LoRA's default)
+    # or on the balanced eval set as it is; and FedAvg's global model scored like the first, on the label
+    # mix of each of the round's clients: the like-for-like baseline of a personal evaluation.
     "fedsa_lora": ("FedSA-LoRA (personal evaluation)", ["strategy.name=fedsa_lora"]),
-    "fedsa_lora_global": ("FedSA-LoRA (global evaluation)", ["strategy.name=fedsa_lora", "strategy.evaluation=global"]),
+    "fedsa_lora_global": ("FedSA-LoRA (global evaluation)", ["strategy.name=fedsa_lora", "server.evaluation=global"]),
+    "fedavg_personal": ("FedAvg (personal evaluation)", ["strategy.name=fedavg", "server.evaluation=personal"]),
     "fedavg_adam": ("FedAvg + FedAdam (server lr 0.01)", ["strategy.name=fedavg", "server.optimizer=adam", "server.lr=0.01"]),
     "fedavg_avgm": ("FedAvg + FedAvgM (momentum 0.7)", ["strategy.name=fedavg", "server.optimizer=avgm", "server.momentum=0.7"]),
     "fedprox": ("FedAvg + FedProx (mu 0.01)", ["strategy.name=fedavg", "client.prox_mu=0.01"]),

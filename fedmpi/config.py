@@ -148,6 +148,10 @@ class ServerConfig(Section):
     eval_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     eval_samples: int | None = Field(None, ge=1)  # a fixed seeded subset of the eval split; None: all of it
+    # What the evaluated examples stand for: themselves (global), or the label mix of each of the latest
+    # round's clients (personal: fedmpi.evaluation.LabelMix; classification only, generation is always
+    # global). None: the strategy's default (personal for FedSA-LoRA's per-client models, else global).
+    evaluation: Literal["global", "personal"] | None = None
     trains_clients: bool = True  # False: rank 0 is a pure server (needs >= 2 ranks)
     on_nonfinite: Literal["skip", "fail"] = "skip"  # a client update with NaN/inf: rejected, or ends the run
 

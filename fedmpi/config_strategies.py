@@ -200,10 +200,6 @@ class FedSALoraConfig(_LoraMeanConfig):
     name: Literal["fedsa_lora"] = "fedsa_lora"
     store: Literal["memory", "disk"] = "memory"  # disk: one .npy per client and version under store_dir
     store_dir: str | None = None
-    # How each personal model (global A + the client's B and head) is scored: on the evaluated examples
-    # reweighted to the client's own training label mix (personal; fedmpi.evaluation.LabelMix), or on
-    # them as they are (global). Tasks without class labels (generation, IID-only) always use global.
-    evaluation: Literal["personal", "global"] = "personal"
 
     @model_validator(mode="after")
     def _disk_needs_a_folder(self) -> FedSALoraConfig:

@@ -170,7 +170,7 @@ class LabelMix:
                 raise ValueError(
                     f"client {c}'s classes {np.flatnonzero(counts).tolist()} are not among the evaluated examples, "
                     "so its model cannot be scored on its own label mix: evaluate more examples (server.eval_samples, "
-                    "data.max_eval_samples) or use strategy.evaluation=global"
+                    "data.max_eval_samples) or use server.evaluation=global"
                 )
             if lacking := np.flatnonzero((counts > 0) & ~evaluated).tolist():
                 missing[c] = lacking

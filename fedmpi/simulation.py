@@ -49,7 +49,7 @@ class _Parts:
     task_kind: str
     client_work: np.ndarray  # tokens per client: the work that places clients on ranks
     clients_per_step: int
-    label_mix: LabelMix | None = None  # personal models scored on their client's label mix (FedSA-LoRA)
+    label_mix: LabelMix | None = None  # server.evaluation=personal on a classification task
     first_round: int = 0  # > 0 when resuming
     server: Server | None = None  # rank 0 only
     writer: ResultWriter | None = None  # rank 0 only
@@ -193,7 +193,8 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
         ops_per_sample=_ops_per_sample(bundle, cfg), num_epochs=cfg.client.num_epochs,
         clients_per_step=rt.clients_per_step, eval_examples=evaluated,
     )  # fmt: skip
-    label_mix = _label_mix(strategy, train, partition, evaluation.labels, evaluated, progress)
+    personal = (cfg.server.evaluation or strategy.default_evaluation) == "personal"
+    label_mix = _label_mix(personal, train, partition, evaluation.labels, evaluated, progress)
     params = bundle.layout.get_flat(bundle.model).cpu().numpy()
     groups = strategy.groups
     progress.say(
@@ -211,13 +212,17 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
                   label_mix=label_mix)  # fmt: skip
 
 
-def _label_mix(strategy, train: TokenizedSplit, partition: Partition, eval_labels: np.ndarray | None,
+def _label_mix(personal: bool, train: TokenizedSplit, partition: Partition, eval_labels: np.ndarray | None,
                evaluated: np.ndarray, progress: Progress) -> LabelMix | None:
-    """Every rank (so a bad setting fails everywhere before round 0): the clients' label mixes, where the
-    strategy scores personal models on them and the task has class labels."""
-    if not strategy.client_label_mix or train.labels is None or eval_labels is None:
+    """Every rank (so a bad setting fails everywhere before round 0): the clients' label mixes, for a
+    personal evaluation of a task with class labels (a generation task is evaluated globally)."""
+    if not personal:
+        return None
+    if train.labels is None or eval_labels is None:
+        progress.say("evaluation: global (a personal evaluation needs class labels; this task has none)")
         return None
     mix = LabelMix.build(train.labels, partition, eval_labels[evaluated])
+    progress.say("evaluation: personal (each score is on the label mix of one of the latest round's clients)")
     if mix.missing:
         progress.say(f"personal evaluation: {len(mix.missing)} client(s) have classes no evaluated example has; "
                      "those classes are left out of their scores")
@@ -246,7 +251,11 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     )  # fmt: skip
 
 
-def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int) -> EvalResult | None:
+def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int, clients: list[int]) -> EvalResult | None:
+    """The round's eval loss and metrics on rank 0 (None elsewhere): of the global model, or the mean over
+    the per-client models (``personal_evaluation``); with ``parts.label_mix``, each model is scored on the
+    label mix of its client, and the global model on that of each of ``clients`` (this round's; none at
+    round 0), and the scores are averaged."""
     bounds = batch_bounds(parts.num_eval, batch_size)
     mine = bounds[comm.rank :: comm.size]
     strategy, server = parts.worker.strategy, parts.server
@@ -257,10 +266,13 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int) -
     for client, params in models:
         results = collective(comm, "evaluation", lambda: parts.worker.evaluate(mine, params), warmup=round_ <= 1)
         gathered = comm.gather(results)
-        weights = None if client is None or parts.label_mix is None else parts.label_mix.weights(client)
-        evaluated.append(combine(gathered, len(bounds), weights) if gathered is not None else None)
-    if evaluated[0] is None or len(evaluated) == 1:
-        return evaluated[0]
+        if gathered is None:  # ranks > 0
+            continue
+        mixes = ([client] if client is not None else clients) if parts.label_mix is not None else []
+        weights = [parts.label_mix.weights(c) for c in mixes] or [None]
+        evaluated.extend(combine(gathered, len(bounds), w) for w in weights)
+    if len(evaluated) <= 1:
+        return evaluated[0] if evaluated else None
     return EvalResult(
         loss=float(np.mean([e.loss for e in evaluated])),
         metric=float(np.mean([e.metric for e in evaluated])),
@@ -332,7 +344,8 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
             updates, download_mpi, client_download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0, 0)
             last = round_ == cfg.server.num_rounds
             evaluate = round_ % cfg.server.eval_every == 0 or last
-            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size, round_) if evaluate else None
+            clients = sorted(u.client for u in updates) if updates else []
+            evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size, round_, clients) if evaluate else None
             if server is not None:
                 if evaluated is not None:
                     server.global_loss = evaluated.loss

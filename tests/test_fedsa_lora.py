@@ -1,5 +1,4 @@
-"""FedSA-LoRA through real runs: A averaged, B and task head per client in the store, its personal and
-global evaluation, resume, rank counts."""
+"""FedSA-LoRA through real runs: A averaged, B and task head per client in the store, resume, rank counts."""
 
 from __future__ import annotations
 
@@ -10,14 +9,11 @@ from conftest import TINY_RUN
 from fedmpi.analyze import load_run
 from fedmpi.comm import LocalComm
 from fedmpi.config import ConfigError, load_config
-from fedmpi.data.partition import from_assignment
-from fedmpi.evaluation import LabelMix
 from fedmpi.lora_rules import client_weights
 from fedmpi.payload import densify
 from fedmpi.progress import Progress
 from fedmpi.server import Server
 from fedmpi.simulation import run
-from fedmpi.worker import Worker
 
 FEDSA = ["strategy.name=fedsa_lora", "peft.lora.rank=4", "data.num_train=120", "data.num_clients=4",
          "server.num_clients_per_round=3", "data.partition=dirichlet", "model.name=tiny-bert"]  # fmt: skip
@@ -86,61 +82,3 @@ def test_one_and_three_ranks_agree_bit_for_bit(tmp_path):
     proc = run_launch([*TINY_RUN, *FEDSA, "server.num_rounds=2", f"output.dir={tmp_path}", "output.name=n3"], ranks=3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _same(one, tmp_path / "n3.h5")
-
-
-def _mixed_score(train_labels, client_examples, eval_labels, scores):
-    """A client's expected score on data with its label mix, as per-class means weighted by its class shares."""
-    classes, counts = np.unique(train_labels[client_examples], return_counts=True)
-    present = np.isin(classes, eval_labels)
-    shares = counts[present] / counts[present].sum()
-    return sum(p * scores[eval_labels == k].mean() for k, p in zip(classes[present], shares))
-
-
-def test_label_mix_weights_give_each_class_the_clients_share():
-    train = np.array([0, 0, 0, 1, 2, 2, 1, 1, 1, 3])
-    partition = from_assignment(np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1]), 2)  # client 1 has class 3, never evaluated
-    eval_labels = np.array([2, 0, 1, 1, 0, 2, 2, 0])
-    mix = LabelMix.build(train, partition, eval_labels)
-    scores = np.random.default_rng(0).random(eval_labels.size)
-    for c in (0, 1):
-        w = mix.weights(c)
-        assert w.sum() == pytest.approx(1.0)
-        assert w @ scores == pytest.approx(_mixed_score(train, partition.client_indices(c), eval_labels, scores))
-    assert mix.missing == {1: [3]}
-    np.testing.assert_array_equal(mix.weights(1)[eval_labels != 1], 0)  # client 1 only has class 1 evaluated
-
-
-def test_a_client_none_of_whose_classes_is_evaluated_is_an_error():
-    partition = from_assignment(np.array([0, 0, 1, 1]), 2)
-    with pytest.raises(ValueError, match=r"client 1's classes \[2\] are not among the evaluated examples"):
-        LabelMix.build(np.array([0, 1, 2, 2]), partition, np.array([0, 1, 1]))
-
-
-@pytest.mark.parametrize("evaluation", ["personal", "global"])
-def test_each_personal_model_is_scored_on_its_clients_label_mix_or_on_the_eval_set(tmp_path, monkeypatch, evaluation):
-    """The round's eval metric is the mean over the latest clients' models of an independent computation:
-    per-class accuracy weighted by the client's training class shares (personal), or plain accuracy (global)."""
-    calls = []
-    evaluate = Worker.evaluate
-
-    def spy(self, bounds, params):
-        results = evaluate(self, bounds, params)
-        calls.append((self, np.concatenate([scores["accuracy"] for _, scores in results])))
-        return results
-
-    monkeypatch.setattr(Worker, "evaluate", spy)
-    path = go(tmp_path, evaluation, "server.num_rounds=2", f"strategy.evaluation={evaluation}")
-    worker = calls[-1][0]
-    clients = worker.strategy.last_clients
-    last = [acc for _, acc in calls[-len(clients):]]
-    train_labels = worker.trainer.train_split.labels
-    eval_labels = worker.eval_split.labels[worker.eval_examples]
-    if evaluation == "personal":
-        expected = [_mixed_score(train_labels, worker.partition.client_indices(int(c)), eval_labels, acc)
-                    for c, acc in zip(clients, last)]
-    else:
-        expected = [acc.mean() for acc in last]
-    assert load_run(path).rounds["eval_metric"][-1] == pytest.approx(np.mean(expected), abs=1e-12)
-    plain = np.mean([acc.mean() for acc in last])
-    assert (np.mean(expected) != pytest.approx(plain)) == (evaluation == "personal")  # the two modes differ here
-    assert len(calls) == 1 + 2 * len(clients)  # round 0 on the global model, then each round's clients' models

@@ -120,12 +120,9 @@ class Strategy:
     moves_frozen_weights: ClassVar[bool] = False
     # Evaluation runs on the per-client models ``evaluation_models`` gives (FedSA-LoRA), not the global one.
     personal_evaluation: ClassVar[bool] = False
-
-    @property
-    def client_label_mix(self) -> bool:
-        """``personal_evaluation``: whether each client's model is scored on the client's own label mix
-        (``fedmpi.evaluation.LabelMix``) rather than on the evaluated examples as they are."""
-        return False
+    # server.evaluation when the config leaves it unset: global (the evaluated examples as they are) or
+    # personal (the latest round's clients' own label mixes).
+    default_evaluation: ClassVar[str] = "global"
 
     @classmethod
     def for_run(cls, cfg: Any, bundle: Any, run: RunInfo) -> Strategy:

@@ -9,7 +9,7 @@ goes into the store. Only A counts as upload and download in the paper conventio
 private state is what really moves over MPI. The global vector's B and task head stay at
 their initial values, so evaluation is per client: the models of the latest round's
 clients (global A + their own B and head) are evaluated, and their mean is the round's
-eval loss and metric. ``strategy.evaluation=personal`` (the default, what FedSA-LoRA's
+eval loss and metric. ``server.evaluation=personal`` (its default here, what FedSA-LoRA's
 paper reports: each client on its own test distribution) scores each model on the
 evaluated examples reweighted to its client's training label mix; ``global`` scores it on
 them as they are, which for a non-IID client mostly measures the classes it never saw.
@@ -37,6 +37,7 @@ class FedSALora(LoraStrategy):
     name = "fedsa_lora"
     cfg: FedSALoraConfig
     personal_evaluation = True
+    default_evaluation = "personal"
 
     @classmethod
     def lora_groups(cls, factors: tuple[LoraFactors, ...], numel: int) -> GroupMap:
@@ -89,10 +90,6 @@ class FedSALora(LoraStrategy):
         self.store.commit(self.round)
         self.last_clients = np.array([u.client for u in updates], dtype=np.int64)
         return out.astype(np.float32)
-
-    @property
-    def client_label_mix(self) -> bool:
-        return self.cfg.evaluation == "personal"
 
     def evaluation_models(self, params: np.ndarray) -> list[tuple[int, np.ndarray]] | None:
         if self.last_clients.size == 0:
