@@ -11,10 +11,10 @@ Classification scores accuracy. Generation generates greedily (at most the split
 ``rouge-score``, the reference implementation; ROUGE-L is the run's metric. A causal LM
 generates from its left-padded prompts and only the new tokens are scored.
 
-Personal models (FedSA-LoRA) can be scored on each client's own label distribution
-(``LabelMix``): the evaluated examples are reweighted so that each class counts as much as
-it does in the client's training data, which is the expected score on data drawn like
-that client's.
+A model can also be scored on one client's own label distribution (``LabelMix``,
+``server.evaluation=personal``): the evaluated examples are reweighted so that each class
+counts as much as it does in the client's training data, which gives the expected score on
+data drawn like that client's.
 """
 
 from __future__ import annotations
