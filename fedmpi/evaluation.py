@@ -156,17 +156,19 @@ class LabelMix:
 
     mix: np.ndarray  # (num_clients, num_classes): p_c(y), each row summing to 1
     eval_labels: np.ndarray  # the evaluated examples' labels, in example order
+    eval_counts: np.ndarray  # (num_classes,): n(y)
     missing: dict[int, list[int]]  # client -> its classes no evaluated example has
 
     @classmethod
     def build(cls, train_labels: np.ndarray, partition: Partition, eval_labels: np.ndarray) -> LabelMix:
         num_classes = int(max(train_labels.max(), eval_labels.max())) + 1
-        evaluated = np.bincount(eval_labels, minlength=num_classes) > 0
+        eval_counts = np.bincount(eval_labels, minlength=num_classes)
+        evaluated = eval_counts > 0
         mix = np.zeros((partition.num_clients, num_classes), dtype=np.float64)
         missing = {}
         for c in range(partition.num_clients):
             counts = np.bincount(train_labels[partition.client_indices(c)], minlength=num_classes).astype(np.float64)
-            if (counts > 0).any() and not (counts * evaluated).any():
+            if not (counts * evaluated).any():  # (partitions leave no client empty)
                 raise ValueError(
                     f"client {c}'s classes {np.flatnonzero(counts).tolist()} are not among the evaluated examples, "
                     "so its model cannot be scored on its own label mix: evaluate more examples (server.eval_samples, "
@@ -175,9 +177,8 @@ class LabelMix:
             if lacking := np.flatnonzero((counts > 0) & ~evaluated).tolist():
                 missing[c] = lacking
             counts *= evaluated
-            mix[c] = counts / counts.sum() if counts.sum() else evaluated / evaluated.sum()  # no data: the eval mix
-        return cls(mix=mix, eval_labels=np.asarray(eval_labels, dtype=np.int64), missing=missing)
+            mix[c] = counts / counts.sum()
+        return cls(mix=mix, eval_labels=np.asarray(eval_labels, dtype=np.int64), eval_counts=eval_counts, missing=missing)
 
     def weights(self, client: int) -> np.ndarray:
-        per_class = np.bincount(self.eval_labels, minlength=self.mix.shape[1])
-        return self.mix[client][self.eval_labels] / per_class[self.eval_labels]
+        return self.mix[client][self.eval_labels] / self.eval_counts[self.eval_labels]

@@ -268,8 +268,10 @@ def _evaluate(comm: Communicator, parts: _Parts, batch_size: int, round_: int, c
         gathered = comm.gather(results)
         if gathered is None:  # ranks > 0
             continue
-        mixes = ([client] if client is not None else clients) if parts.label_mix is not None else []
-        weights = [parts.label_mix.weights(c) for c in mixes] or [None]
+        weights = [None]
+        if parts.label_mix is not None:  # a client's own model on its mix; the global one on each client's
+            mixes = clients if client is None else [client]
+            weights = [parts.label_mix.weights(c) for c in mixes] or [None]
         evaluated.extend(combine(gathered, len(bounds), w) for w in weights)
     if len(evaluated) <= 1:
         return evaluated[0] if evaluated else None
@@ -344,7 +346,7 @@ def run(cfg: Config, comm: Communicator, progress: Progress | None = None) -> Pa
             updates, download_mpi, client_download_mpi = _train_round(comm, parts, round_) if round_ > 0 else ([], 0, 0)
             last = round_ == cfg.server.num_rounds
             evaluate = round_ % cfg.server.eval_every == 0 or last
-            clients = sorted(u.client for u in updates) if updates else []
+            clients = sorted(u.client for u in updates) if updates else []  # id order: rank-count invariant
             evaluated = _evaluate(comm, parts, cfg.server.eval_batch_size, round_, clients) if evaluate else None
             if server is not None:
                 if evaluated is not None:
