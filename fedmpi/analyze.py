@@ -164,6 +164,7 @@ def summarize(run: Run, target: float = 0.7) -> dict[str, Any]:
         "selection": _config_name(run.config, "selection"),
         "num_ranks": run.attrs.get(rs.ATTR_NUM_RANKS),
         "metric": run.attrs.get(rs.ATTR_METRIC, "metric"),
+        "evaluation": run.attrs.get(rs.ATTR_EVALUATION, rs.EVALUATION_GLOBAL),
         "final_metric": float(metric[evaluated][-1]) if evaluated.any() else math.nan,
         "best_metric": float(metric[best_at]) if best_at is not None else math.nan,
         "best_round": int(r["round"][best_at]) if best_at is not None else None,

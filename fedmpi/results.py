@@ -122,8 +122,12 @@ class ResultWriter:
         num_clients: int,
         group_families: list[tuple[str, str, int]],
         devices: dict[str, Any] | None = None,
+        evaluation: str = S.EVALUATION_GLOBAL,
     ) -> None:
-        """``devices``: the /devices columns (``fedmpi.devices.profile_table``); None: no classes."""
+        """``devices``: the /devices columns (``fedmpi.devices.profile_table``); None: no classes.
+        ``evaluation``: how eval_metric is scored, one of ``EVALUATIONS`` (as resolved, not as configured)."""
+        if evaluation not in S.EVALUATIONS:
+            raise ValueError(f"evaluation must be one of {S.EVALUATIONS}, got {evaluation!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.checkpoint_path = checkpoint_path(path)
@@ -142,6 +146,7 @@ class ResultWriter:
             attrs[S.ATTR_STATUS] = S.STATUS_RUNNING
             attrs[S.ATTR_TASK_KIND] = task_kind
             attrs[S.ATTR_METRIC] = self.metric
+            attrs[S.ATTR_EVALUATION] = evaluation
             attrs[S.ATTR_NUM_CLIENTS] = num_clients
             attrs[S.ATTR_NUM_GROUPS_TOTAL] = self.num_groups
             rounds = f.create_group(S.GROUP_ROUNDS)
@@ -198,6 +203,7 @@ class ResultWriter:
                     f[S.GROUP_CLIENTS][name][:] = _MISSING.get(np.dtype(dtype).kind, 0)
             if S.GROUP_DEVICES not in f:
                 _write_devices(f, devices)
+            f.attrs.setdefault(S.ATTR_EVALUATION, S.EVALUATION_GLOBAL)  # the only mode before the attribute
             if S.GROUP_FINAL in f:  # a complete run being extended by more rounds
                 del f[S.GROUP_FINAL]
             f.attrs.pop(S.ATTR_ERROR, None)

@@ -28,6 +28,9 @@ ATTR_TASK_KIND = "task_kind"  # one of TASK_KINDS
 ATTR_NUM_CLIENTS = "num_clients"
 ATTR_NUM_GROUPS_TOTAL = "num_groups_total"  # parameter groups (heads, blocks, ...); 0 if the strategy has none
 ATTR_ERROR = "error"  # only when status is "failed": the message
+# How eval_metric was scored, as resolved (server.evaluation, else the strategy's default; a task without
+# class labels is always global): one of EVALUATIONS. Files written before it existed lack it (global).
+ATTR_EVALUATION = "evaluation"
 
 STATUS_RUNNING = "running"  # also what a killed run leaves behind
 STATUS_COMPLETE = "complete"
@@ -45,6 +48,10 @@ GENERATION_METRICS = (METRIC_ROUGE_L, METRIC_ROUGE_1, METRIC_ROUGE_2)
 TASK_CLASSIFICATION = "classification"
 TASK_GENERATION = "generation"
 TASK_KINDS = (TASK_CLASSIFICATION, TASK_GENERATION)
+
+EVALUATION_GLOBAL = "global"  # the evaluated examples as they are
+EVALUATION_PERSONAL = "personal"  # each score on the label mix of one of the latest round's clients
+EVALUATIONS = (EVALUATION_GLOBAL, EVALUATION_PERSONAL)
 
 # --- /rounds: one row per round, incl. round 0 (the initial global model, evaluated before training);
 # 1-D resizable datasets of equal length, flushed after every round.

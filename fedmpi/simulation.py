@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedmpi import accounting, output_files, runtime, seeding
+from fedmpi import results_schema as S
 from fedmpi.client import LocalTrainer
 from fedmpi.comm import Communicator, RankFailure, collective, pickled_size
 from fedmpi.config import Config
@@ -247,7 +248,7 @@ def _open_results(cfg: Config, comm: Communicator, parts: _Parts, name: str, pro
     parts.writer = ResultWriter(
         path, run_name=name, config_yaml=cfg.to_yaml(), num_ranks=comm.size, task_kind=parts.task_kind,
         num_clients=cfg.data.num_clients, group_families=[(f.name, f.kind, f.num_groups) for f in groups.families],
-        devices=devices,
+        devices=devices, evaluation=S.EVALUATION_GLOBAL if parts.label_mix is None else S.EVALUATION_PERSONAL,
     )  # fmt: skip
 
 

@@ -159,13 +159,15 @@ def test_gpt2_generation_on_real_e2e_end_to_end(tmp_path, capsys):
         *TINY_RUN, "model.name=tiny-gpt2", "data.source=e2e_nlg", f"data.path={SHARED_DATA / 'e2e_nlg'}",
         "data.max_train_samples=96", "data.max_eval_samples=12", "data.max_length=48", "data.max_target_length=12",
         "strategy.name=head_pruning", "strategy.sparsity=0.5", "server.selection=cyclic", "client.lr=0.02",
-        f"output.dir={tmp_path}", "output.name=gpt2",
+        "server.evaluation=personal", f"output.dir={tmp_path}", "output.name=gpt2",
     ]  # fmt: skip
     path = run_here(args, progress=True)
     out = capsys.readouterr().out
     assert "rouge1" in out and "rouge2" in out and "rougeL" in out
+    assert "evaluation: global (a personal evaluation needs class labels; this task has none)" in out
     run = load_run(path)
     assert run.complete and run.attrs["metric"] == "rougeL" and run.attrs["task_kind"] == "generation"
+    assert run.attrs["evaluation"] == "global"  # a generation task has no label mix to score on
     np.testing.assert_array_equal(run.rounds["round"], [0, 1, 2])
     for column in ("eval_metric", "eval_rouge1", "eval_rouge2", "eval_loss"):
         values = run.rounds[column]

@@ -58,6 +58,7 @@ def test_each_model_is_scored_on_its_clients_label_mix_or_on_the_eval_set(tmp_pa
     monkeypatch.setattr(Worker, "evaluate", spy)
     path = go(tmp_path, evaluation, "server.num_rounds=2", f"strategy.name={strategy}", f"server.evaluation={evaluation}")
     run = load_run(path)
+    assert run.attrs["evaluation"] == evaluation  # the resolved mode is in the file
     worker = calls[-1][0]
     clients = run.clients["client"][run.clients["round"] == 2]
     if strategy == "fedsa_lora":  # one evaluation per client model, in the strategy's order
