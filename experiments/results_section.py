@@ -1,11 +1,13 @@
 """Write the README's ablation results section from the result files of experiments/ablation.py.
 
     python experiments/results_section.py [--output-dir results/ablation] [--tasks 20news sick] [--last-k 5] \
-        [--readme README.md]
+        [--readme README.md] [--block NAME]
 
 It prints the markdown; with ``--readme`` it replaces the text between the markers
-``<!-- ablation-results:begin -->`` and ``<!-- ablation-results:end -->`` in that file, so the
-section is always what the files say, including which claims hold and which do not.
+``<!-- ablation-results:begin -->`` and ``<!-- ablation-results:end -->`` in that file (with
+``--block NAME``, ``<!-- ablation-results:NAME:begin -->`` ... ``:end -->``: one block per output
+folder, i.e. per protocol), so the section is always what the files say, including which claims
+hold and which do not.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Sequence
 
 from ablation import CELL_HEADER, DIFF_HEADER, REPO, collect, tables
 
-BEGIN, END = "<!-- ablation-results:begin -->", "<!-- ablation-results:end -->"
+def markers(block: str | None) -> tuple[str, str]:
+    """The README comments around a generated block: the default one, or the block named ``block``."""
+    tag = "ablation-results" if block is None else f"ablation-results:{block}"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -38,9 +43,9 @@ def section(output_dir: Path, tasks: Sequence[str], last_k: int) -> str:
                      f"last {last_k} evaluations)\n\n{markdown_table(CELL_HEADER, cells)}\n")
         parts.append(f"Paired differences (same seed and selection rule), accuracy points, 95% t intervals:\n\n"
                      f"{markdown_table(DIFF_HEADER, diffs)}\n")
-        holds = [d[0] for d in diffs if d[-1].startswith("holds")]
-        reversed_ = [d[0] for d in diffs if d[-1].startswith("reversed")]
-        unclear = [d[0] for d in diffs if d[-1].startswith(("not shown", "too few"))]
+        holds = [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith("holds")]
+        reversed_ = [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith("reversed")]
+        unclear = [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith(("not shown", "too few"))]
         parts.append("What holds on this task (last-k accuracy): "
                      + (f"positive: {', '.join(holds)}. " if holds else "no difference is positive beyond its CI. ")
                      + (f"Negative: {', '.join(reversed_)}. " if reversed_ else "")
@@ -48,12 +53,13 @@ def section(output_dir: Path, tasks: Sequence[str], last_k: int) -> str:
     return "\n".join(parts)
 
 
-def replace_between_markers(text: str, body: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"the README has no {BEGIN} ... {END} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+def replace_between_markers(text: str, body: str, block: str | None = None) -> str:
+    begin, end = markers(block)
+    if begin not in text or end not in text:
+        raise ValueError(f"the README has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,11 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["20news", "sick"])
     parser.add_argument("--last-k", type=int, default=5)
     parser.add_argument("--readme", type=Path)
+    parser.add_argument("--block", help="the named block of the README to replace (default: the unnamed one)")
     args = parser.parse_args(argv)
     body = section(args.output_dir, args.tasks, args.last_k)
     print(body)
     if args.readme:
-        args.readme.write_text(replace_between_markers(args.readme.read_text(), body))
+        args.readme.write_text(replace_between_markers(args.readme.read_text(), body, args.block))
         print(f"updated {args.readme}", file=sys.stderr)
     return 0
 

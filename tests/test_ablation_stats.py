@@ -33,10 +33,12 @@ def test_mean_sd_ci_by_hand():
 
 
 def test_paired_differences_match_seeds_and_selection():
-    rows = [{"method": m, "selection": "loss", "seed": s, "final": v}
-            for m, s, v in [("Ours", 0, 0.40), ("Ours", 1, 0.50), ("B2", 0, 0.30), ("B2", 1, 0.45), ("B2", 2, 0.9)]]
-    d = AB.paired(rows, "Ours", "B2", "final")
+    rows = [{"method": m, "selection": sel, "seed": s, "final": v}
+            for m, sel, s, v in [("Ours", "loss", 0, 0.40), ("Ours", "loss", 1, 0.50), ("B2", "loss", 0, 0.30),
+                                 ("B2", "loss", 1, 0.45), ("B2", "loss", 2, 0.9), ("B2", "random", 1, 0.0)]]
+    d = AB.paired(rows, "Ours", "B2", "final", "loss")
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.075)  # seed 2 has no Ours run: not paired
+    assert AB.paired(rows, "Ours", "B2", "final", "random")["n"] == 0  # never across selection rules
     assert AB.verdict({"n": 3, "mean": 0.1, "ci": 0.05}) == "holds (CI above 0)"
     assert AB.verdict({"n": 3, "mean": -0.1, "ci": 0.05}) == "reversed (CI below 0)"
     assert AB.verdict({"n": 3, "mean": 0.01, "ci": 0.05}) == "not shown (CI contains 0)"
@@ -50,3 +52,14 @@ def test_mean_curve_joins_evaluated_rounds_only():
     rounds, mean = sweep.mean_curve([a, b])
     assert rounds.tolist() == [0, 2]
     assert mean.tolist() == pytest.approx([0.2, 0.4])
+
+
+def test_results_section_replaces_only_its_own_block():
+    rs = load_experiment("results_section")
+    text = ("intro\n<!-- ablation-results:begin -->\nold A\n<!-- ablation-results:end -->\nmiddle\n"
+            "<!-- ablation-results:every2:begin -->\nold B\n<!-- ablation-results:every2:end -->\nend\n")
+    new = rs.replace_between_markers(text, "new B", "every2")
+    assert "old A" in new and "old B" not in new and "new B" in new and new.endswith("end\n")
+    assert rs.replace_between_markers(text, "new A") == text.replace("old A", "new A")
+    with pytest.raises(ValueError, match="ablation-results:sick:begin"):
+        rs.replace_between_markers(text, "x", "sick")
