@@ -247,7 +247,7 @@ def tables(rows: Sequence[dict[str, Any]], last_k: int) -> tuple[list[list[str]]
 
 
 CELL_HEADER = ["method", "selection", "seeds", "final %", "best %", "last-k %"]
-DIFF_HEADER = ["difference", "selection", "pairs", "final (95% CI)", "best (95% CI)", "last-k (95% CI)", f"last-k verdict"]
+DIFF_HEADER = ["difference", "selection", "pairs", "final (95% CI)", "best (95% CI)", "last-k (95% CI)", "last-k verdict"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ablation import CELL_HEADER, DIFF_HEADER, REPO, collect, tables
 
+
 def markers(block: str | None) -> tuple[str, str]:
     """The README comments around a generated block: the default one, or the block named ``block``."""
     tag = "ablation-results" if block is None else f"ablation-results:{block}"
@@ -28,6 +29,11 @@ def markers(block: str | None) -> tuple[str, str]:
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def _with_verdict(diffs: Sequence[Sequence[str]], *verdicts: str) -> list[str]:
+    """The differences (named with their selection rule) whose last-k verdict starts with one of ``verdicts``."""
+    return [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith(verdicts)]
 
 
 def section(output_dir: Path, tasks: Sequence[str], last_k: int) -> str:
@@ -43,9 +49,8 @@ def section(output_dir: Path, tasks: Sequence[str], last_k: int) -> str:
                      f"last {last_k} evaluations)\n\n{markdown_table(CELL_HEADER, cells)}\n")
         parts.append(f"Paired differences (same seed and selection rule), accuracy points, 95% t intervals:\n\n"
                      f"{markdown_table(DIFF_HEADER, diffs)}\n")
-        holds = [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith("holds")]
-        reversed_ = [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith("reversed")]
-        unclear = [f"{d[0]} ({d[1]})" for d in diffs if d[-1].startswith(("not shown", "too few"))]
+        holds, reversed_ = _with_verdict(diffs, "holds"), _with_verdict(diffs, "reversed")
+        unclear = _with_verdict(diffs, "not shown", "too few")
         parts.append("What holds on this task (last-k accuracy): "
                      + (f"positive: {', '.join(holds)}. " if holds else "no difference is positive beyond its CI. ")
                      + (f"Negative: {', '.join(reversed_)}. " if reversed_ else "")
