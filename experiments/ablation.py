@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from sweep import REPO, Job, complete_paths, confidence_interval, mean_std, run_sweep
+from sweep import REPO, Job, complete_paths, confidence_interval, curve_numbers, mean_std, run_sweep
 
 from fedmpi.analyze import ResultFileError, format_table, load_run, result_files
 from fedmpi.config import ConfigError, load_config
@@ -77,14 +77,6 @@ def mean_sd_ci(values: Sequence[float]) -> dict[str, float]:
     mean, sd, n = mean_std(values)
     low, high = confidence_interval(values)
     return {"mean": mean, "sd": sd, "ci": (high - low) / 2 if n > 1 else math.nan, "n": n}
-
-
-def curve_numbers(metric: np.ndarray, last_k: int) -> dict[str, float]:
-    """Final, best and mean of the last k evaluated values of one accuracy curve."""
-    m = metric[~np.isnan(metric)]
-    if m.size == 0:
-        return {"final": math.nan, "best": math.nan, "last_k": math.nan}
-    return {"final": float(m[-1]), "best": float(m.max()), "last_k": float(m[-last_k:].mean())}
 
 
 def is_stable(metric: np.ndarray, tolerance: float, min_gain: float) -> bool:

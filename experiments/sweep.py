@@ -165,6 +165,14 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
     return Paired(mean, sd, confidence_interval(diffs), num, sum(d > 0 for d in diffs))
 
 
+def curve_numbers(metric: np.ndarray, last_k: int) -> dict[str, float]:
+    """Final, best and mean of the last k evaluated values of one accuracy curve."""
+    m = metric[~np.isnan(metric)]
+    if m.size == 0:
+        return {"final": math.nan, "best": math.nan, "last_k": math.nan}
+    return {"final": float(m[-1]), "best": float(m.max()), "last_k": float(m[-last_k:].mean())}
+
+
 def mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Mean over seeds of (rounds, metric) curves, cut to the shortest, at the rounds every seed evaluated.
 

@@ -54,6 +54,14 @@ def test_mean_curve_joins_evaluated_rounds_only():
     assert mean.tolist() == pytest.approx([0.2, 0.4])
 
 
+def test_curve_numbers_skip_unevaluated_rounds():
+    sweep = load_experiment("sweep")
+    nan = math.nan
+    nums = sweep.curve_numbers(np.array([0.1, nan, 0.6, nan, 0.2, 0.4]), last_k=2)  # evaluated: 0.1 0.6 0.2 0.4
+    assert nums == pytest.approx({"final": 0.4, "best": 0.6, "last_k": 0.3})
+    assert math.isnan(sweep.curve_numbers(np.array([nan, nan]), last_k=5)["last_k"])
+
+
 def test_results_section_replaces_only_its_own_block():
     rs = load_experiment("results_section")
     text = ("intro\n<!-- ablation-results:begin -->\nold A\n<!-- ablation-results:end -->\nmiddle\n"
