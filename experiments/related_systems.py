@@ -30,7 +30,7 @@ from sweep import (  # noqa: E402
     REPO, Job, curve_numbers, is_complete, mean_curve, mean_std, paired, paired_cell, pm, run_sweep,
 )
 
-from fedmpi.analyze import format_table, load_run, summarize  # noqa: E402
+from fedmpi.analyze import format_table, load_run  # noqa: E402
 
 MIB = 2.0**20
 # With 2 clients per round on a skewed partition the last evaluation swings with the last round's
@@ -95,12 +95,11 @@ def make_job(task: str, partition: str, method: str, seed: int) -> Job:
 
 def run_summary(path: Path) -> dict:
     run = load_run(path)
-    s = summarize(run, 1.0)
     c = run.clients
     peak = c.get("peak_memory_bytes")
     metric = run.rounds["eval_metric"].astype(float)
     return {
-        "final": s["final_metric"], "best": s["best_metric"], "last_k": curve_numbers(metric, LAST_K)["last_k"],
+        **curve_numbers(metric, LAST_K),  # final, best, last_k
         "upload_mib": float(np.mean(c["upload_bytes_paper"])) / MIB if len(c["round"]) else math.nan,
         "seconds": float(np.median(c["seconds"])) if len(c["round"]) else math.nan,
         "peak_mib": float(np.median(peak)) / MIB if peak is not None and len(peak) else math.nan,
@@ -142,8 +141,8 @@ def report(jobs: list[Job], output_dir: Path) -> None:
     for (task, partition), by_method in groups.items():
         rows = [
             [LABELS[m], str(len(s)), _pm([x["final"] for x in s], 100), _pm([x["best"] for x in s], 100),
-             _pm([x["last_k"] for x in s], 100), _pm([x["upload_mib"] for x in s], digits=3), _pm([x["seconds"] for x in s], digits=2),
-             _pm([x["peak_mib"] for x in s], digits=0)]
+             _pm([x["last_k"] for x in s], 100), _pm([x["upload_mib"] for x in s], digits=3),
+             _pm([x["seconds"] for x in s], digits=2), _pm([x["peak_mib"] for x in s], digits=0)]
             for m, s in by_method.items()
         ]  # fmt: skip
         print(f"\n{task}, {partition}")
