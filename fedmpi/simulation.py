@@ -163,10 +163,16 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
     bundle = _build_model(cfg, task, device)
     target_length = cfg.data.max_target_length if task.kind == "generation" else None
     check_lengths(hf_model(bundle.model).config, max_length=cfg.data.max_length, max_target_length=target_length)
+    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length,
+                   causal_lm=bundle.causal_lm)
+    train = tokenize_split(task.train, bundle.tokenizer, **lengths)
+    evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
+    partition = _partition(cfg, train)
     run = RunInfo(
         seed=cfg.seed, num_rounds=cfg.server.num_rounds, num_clients=cfg.data.num_clients,
         batch_size=cfg.client.batch_size, num_epochs=cfg.client.num_epochs, max_length=cfg.data.max_length,
         devices=cfg.devices, model=bundle.model, task_head=_task_head(bundle, task.kind),
+        client_samples=partition.sizes(),
     )  # fmt: skip
     strategy = STRATEGIES[cfg.strategy.name].for_run(cfg.strategy, bundle, run)
     confidence = None
@@ -180,14 +186,9 @@ def _build(cfg: Config, comm: Communicator, progress: Progress) -> _Parts:
             pad_token_id=bundle.pad_token_id, skip_first_queries=strategy.skip_first_queries,
         )  # fmt: skip
         confidence = HeadConfidence(bundle.model, bundle.head_map, options=options, pad_token_id=bundle.pad_token_id)
-    lengths = dict(kind=task.kind, max_length=cfg.data.max_length, max_target_length=cfg.data.max_target_length,
-                   causal_lm=bundle.causal_lm)
-    train = tokenize_split(task.train, bundle.tokenizer, **lengths)
-    evaluation = tokenize_split(task.eval, bundle.tokenizer, **lengths)
     rt = cfg.runtime
     trainer = LocalTrainer(bundle, train, cfg.client, device=device, seed=cfg.seed, confidence=confidence,
                            groups=strategy.groups, precision=rt.precision, dropout=rt.clients_per_step == 1)  # fmt: skip
-    partition = _partition(cfg, train)
     evaluated = eval_examples(len(evaluation), cfg.server.eval_samples, cfg.seed)
     worker = Worker(
         trainer, strategy, partition, evaluation, rank=comm.rank, seed=cfg.seed,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmpi.budgets import ModelSizes, TrainingShape
+from fedmpi.budgets import BudgetError, ModelSizes, TrainingShape
 from fedmpi.devices import DeviceClass
 from fedmpi.models.groups import GroupFamily, GroupMap
 from fedmpi.strategies.fedara import RankAllocationServer, RankSchedule
@@ -38,6 +38,20 @@ def test_train_masks_follow_each_clients_device_class():
     assert budgets.train_mask(1, 5).tolist() == [True, True]
     assert budgets.check_every_class(5) == {"small": 1, "big": 2}
     assert last_blocks_mask(4, 0).tolist() == [False] * 4
+
+
+def test_a_data_rich_client_over_its_flops_budget_fails_at_start_naming_it():
+    # Head alone: 1548 FLOPs per sample (tests/test_budgets.py), so 10 * 1548 fits 10 samples, not 11.
+    sizes = ModelSizes(block_params=(100, 100), head_params=10, other_params=50, d_model=4, d_ff=8, num_heads=2)
+    classes = (DeviceClass(name="slow", flops_per_round=10 * 1548, share=0.5), DeviceClass(name="big", share=0.5))
+    budgets = BlockBudgets(sizes, TrainingShape(2, 3), classes, np.array([0, 1, 0, 1]), num_epochs=1)
+    budgets.check_every_client(np.array([10, 50, 3, 50]))  # the big class takes any amount of data
+    with pytest.raises(BudgetError, match=r"client 2 \(11 training examples, 11 samples per round\): device class "
+                       r"'slow'.*flops_per_round needs 1.703e\+04 > 1.548e\+04"):
+        budgets.check_every_client(np.array([10, 50, 11, 50]))
+    two_epochs = BlockBudgets(sizes, TrainingShape(2, 3), classes, np.array([0, 1, 0, 1]), num_epochs=2)
+    with pytest.raises(BudgetError, match=r"client 0 \(10 training examples, 20 samples per round\)"):
+        two_epochs.check_every_client(np.array([10, 50, 3, 50]))
 
 
 def _triplet_map(num_modules: int, rank: int, per_triplet: int = 1) -> GroupMap:

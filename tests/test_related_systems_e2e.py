@@ -97,6 +97,27 @@ def test_layer_finetuning_records_budgets_and_masks(tmp_path, capsys):
     assert "devices" in text and "watch" in text and "unlimited" in text and "modules skipped" not in text
 
 
+def test_a_flops_budget_too_small_for_a_dirichlet_clients_data_fails_before_round_1(tmp_path):
+    import re
+
+    from fedmpi.comm import RankFailure  # the setup's error, as every rank reports it
+
+    def build(flops: float, *partition: str) -> None:
+        devices = f"devices.classes=[{{name: slow, flops_per_round: {flops}}}]"
+        run_here([*TINY_RUN, "strategy.name=layer_finetuning", devices, *partition, f"output.dir={tmp_path}"])
+
+    # A budget of 1 FLOP fails the one-batch check and says what the head alone costs for 8 samples.
+    with pytest.raises(RankFailure, match="setup failed on rank 0: device class 'slow'") as one_batch:
+        build(1.0)
+    per_sample = float(re.search(r"flops_per_round needs (\S+) >", str(one_batch.value)).group(1)) / 8
+    # 21 samples' worth fits every IID client (240 / 12 = 20) but not Dirichlet 0.1's largest client,
+    # and the run says so at start, naming that client, instead of in the first round that picks it.
+    with pytest.raises(RankFailure, match=r"client \d+ \((\d+) training examples") as skewed:
+        build(21 * per_sample, "data.partition=dirichlet", "data.dirichlet_alpha=0.1")
+    assert int(re.search(r"\((\d+) training examples", str(skewed.value)).group(1)) > 21
+    assert "device class 'slow'" in str(skewed.value) and not list(tmp_path.glob("*.h5"))
+
+
 def test_fedara_uploads_fall_with_the_budget(fedara_4_rounds):
     run = load_run(fedara_4_rounds)
     c = run.clients

@@ -49,6 +49,7 @@ class RunInfo:
     devices: Any  # fedmpi.devices.DevicesConfig
     model: nn.Module  # this rank's model instance (client-side hooks act on it)
     task_head: tuple[str, ...]  # the task head's module names
+    client_samples: np.ndarray | None = None  # training examples per client (the partition); None: not known
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmpi.aggregation import groupwise_mean
-from fedmpi.budgets import LayerPlan, ModelSizes, TrainingShape, trainable_blocks
+from fedmpi.budgets import BudgetError, LayerPlan, ModelSizes, TrainingShape, trainable_blocks
 from fedmpi.config import LayerFinetuningConfig
 from fedmpi.devices import DeviceClass
 from fedmpi.models.blocks import block_groups, model_sizes
@@ -63,6 +63,23 @@ class BlockBudgets:
             for d in classes
         }
 
+    def check_every_client(self, client_samples: np.ndarray) -> None:
+        """Raise ``BudgetError`` before round 1 if a client's class cannot train its own data's round.
+
+        FLOPs grow with the samples a client trains per round, so a budget that fits one batch
+        can still be too small for a data-rich client of a skewed partition; without this check
+        the run would fail only in the first round that selects it.
+        """
+        for client in np.argsort(-np.asarray(client_samples), kind="stable"):
+            try:
+                self.plan_for(int(client), int(client_samples[client]))
+            except BudgetError as exc:
+                raise BudgetError(
+                    f"client {client} ({client_samples[client]} training examples, "
+                    f"{client_samples[client] * self.num_epochs} samples per round): {exc}; raise the class's "
+                    "budget, or spread the data over more clients (data.num_clients, data.partition)"
+                ) from None
+
     def train_mask(self, client: int, num_samples: int) -> np.ndarray:
         return last_blocks_mask(self.sizes.num_blocks, self.plan_for(client, num_samples).num_blocks)
 
@@ -95,6 +112,8 @@ class LayerFinetuning(Strategy):
         )
         # Fail at start, naming the class, if a device cannot train even the head on one batch.
         self.blocks_per_class = self.budgets.check_every_class(run.batch_size)
+        if run.client_samples is not None:
+            self.budgets.check_every_client(run.client_samples)
 
     def train_mask(self, ctx: ClientContext, score: Callable[[], np.ndarray]) -> np.ndarray | None:
         return self.budgets.train_mask(ctx.client, ctx.num_samples)
